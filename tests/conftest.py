@@ -1,0 +1,28 @@
+"""Fixtures shared by the tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_root() -> Path:
+    """``$COMPANION_DATA`` if set, else ``<repo>/../shared/data`` (the developers' cache)."""
+    env = os.environ.get("COMPANION_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def omniglot_root() -> Path:
+    """The data root holding the Omniglot cache; skips the test when it is absent."""
+    root = shared_data_root()
+    if not (root / "omniglot" / "images_evaluation.npz").exists():
+        pytest.skip(
+            f"Omniglot cache not found under {root}/omniglot; set COMPANION_DATA to a folder "
+            "holding omniglot/images_background.npz and images_evaluation.npz to run this test"
+        )
+    return root
