@@ -38,7 +38,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 venv: $(STAMP)
 
-book: $(STAMP)
+# The execution cache keys on a chapter's code cells only; a change in the package must
+# re-run the chapters too, so it clears the cache.
+PACKAGE_PY := $(shell find companion -name '*.py')
+_build/.package-stamp: $(PACKAGE_PY)
+	rm -rf _build/.jupyter_cache _build/.doctrees
+	mkdir -p _build && touch $@
+
+book: $(STAMP) _build/.package-stamp
 	$(BIN)/jupyter-book build . --builder html
 	@echo "open _build/html/index.html"
 
