@@ -1,10 +1,19 @@
-"""Command line: ``python -m companion data info|episode ...``.
+"""Command line: ``python -m companion train|eval|data ...``.
 
 Examples::
 
     python -m companion data info glyphs
     python -m companion data info omniglot            # needs the cache or the network
     python -m companion data episode glyphs --ways 5 --shots 1 --out episode.png
+    python -m companion train protonet --dataset glyphs --ways 5 --shots 1 --profile cpu
+    python -m companion eval --checkpoint runs/protonet-glyphs-5w1s/checkpoint.pt
+
+``train`` meta-trains on the dataset's training split, validates on its validation split,
+leaves ``checkpoint.pt`` and ``metrics.json`` in ``--out`` (it resumes from a checkpoint
+already there), then evaluates on the test split. ``eval`` rebuilds the learner from a
+checkpoint and evaluates it, on other episodes or another dataset if asked. Sizes (steps,
+tasks per step, backbone width, image size, test episodes) come from the profile
+(``--profile`` or ``$COMPANION_PROFILE``).
 
 Errors in the arguments or missing data end with a one-line message on stderr and exit
 status 2.
@@ -16,11 +25,45 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from companion.data import DATASETS, DatasetNotFoundError, EpisodeSampler, load_dataset
+import torch
+
+from companion import methods
+from companion.data import (
+    DATASETS,
+    DatasetNotFoundError,
+    EpisodeSampler,
+    ImageDataset,
+    load_dataset,
+)
+from companion.evaluate import EvalResult
+from companion.profiles import PROFILE_NAMES, get_profile
+from companion.train import (
+    CHECKPOINT,
+    OPTIMIZERS,
+    SCHEDULES,
+    TrainConfig,
+    TrainResult,
+    evaluate_learner,
+    fit,
+    load_checkpoint,
+    resolve_device,
+    write_metrics,
+)
 
 MAX_FIGURE_WAYS = 20  # rows of an episode PNG that stay readable
 MAX_FIGURE_COLUMNS = 20
+
+SPLITS: dict[str, tuple[str, str | None, str]] = {  # (train, validation, test) of each dataset
+    "glyphs": ("train", "val", "test"),
+    "digits": ("train", "val", "test"),
+    # The papers train on Lake et al.'s background set and test on the evaluation set. The
+    # "val" split is part of the background set, so validating on it would measure
+    # training classes: validate with --train-split train --val-split val instead.
+    "omniglot": ("background", None, "evaluation"),
+}
 
 
 def _positive(text: str) -> int:
@@ -72,6 +115,129 @@ def _data_episode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(data: dict[str, Any], split: str, root: str | None, *,
+          training: bool = False) -> ImageDataset:
+    """One split as the run describes it; glyph subsets and rotations apply to training."""
+    options: dict[str, Any] = {}
+    if training and data["dataset"] == "glyphs" and data["glyph_alphabets"]:
+        options["alphabets"] = data["glyph_alphabets"]
+    if training and data["dataset"] == "omniglot":
+        options["rotations"] = data["rotations"]
+    return load_dataset(data["dataset"], split, root=root, image_size=data["image_size"],
+                        **options)
+
+
+def _sampler(data: dict[str, Any], split: str, root: str | None, *, seed: int,
+             training: bool = False) -> EpisodeSampler:
+    if data["ways"] < 2:
+        raise ValueError(f"--ways must be at least 2 (one class leaves nothing to tell apart); "
+                         f"got {data['ways']}")
+    return EpisodeSampler(_load(data, split, root, training=training), data["ways"],
+                          data["shots"], data["queries"], seed=seed)
+
+
+def _evaluate(learner: torch.nn.Module, sampler: EpisodeSampler, episodes: int, *,
+              device: str, seed: int, quiet: bool) -> EvalResult:
+    with torch.random.fork_rng(devices=[]):  # a learner may draw random numbers: seed them
+        torch.manual_seed(seed)
+        return evaluate_learner(learner, sampler, episodes, device=resolve_device(device),
+                                progress=not quiet)
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.method not in methods.METHODS:
+        raise ValueError(f"unknown method {args.method!r}; allowed: {', '.join(methods.METHODS)}")
+    if args.rotations and args.dataset != "omniglot":
+        raise ValueError(f"--rotations applies to omniglot only; got --dataset {args.dataset}")
+    profile = get_profile(args.profile)
+    train_split, val_split, test_split = SPLITS[args.dataset]
+    train_split = args.train_split or train_split
+    val_split = None if args.val_split == "none" else args.val_split or val_split
+    if args.dataset == "omniglot" and train_split == "background" and val_split in ("train",
+                                                                                    "val"):
+        raise ValueError(f"omniglot's {val_split!r} split is part of the background set it "
+                         "trains on; use --train-split train --val-split val")
+    data = {"dataset": args.dataset, "train_split": train_split, "val_split": val_split,
+            "test_split": test_split, "ways": args.ways, "shots": args.shots,
+            "queries": args.queries, "image_size": profile.image_size,
+            "rotations": args.rotations, "glyph_alphabets": profile.glyph_alphabets,
+            "seed": args.seed}
+    train = _sampler(data, train_split, args.root, seed=args.seed, training=True)
+    val = _sampler(data, val_split, args.root, seed=args.seed) if val_split else None
+    test = None if args.no_eval else _sampler(data, test_split, args.root, seed=args.seed)
+
+    steps = args.steps or profile.train_steps
+    every = args.val_every or max(1, steps // 5)
+    settings = {k: v for k, v in {"lr": args.lr, "optimizer": args.optimizer,
+                                  "schedule": args.schedule}.items() if v is not None}
+    config = TrainConfig(**{**methods.TRAINING_DEFAULTS[args.method], **settings},
+                         steps=steps, meta_batch=args.meta_batch or profile.meta_batch,
+                         log_every=max(1, steps // 50), val_every=every,
+                         val_episodes=min(100, profile.eval_episodes), checkpoint_every=every,
+                         seed=args.seed, device=args.device, amp=args.amp)
+    learner_spec = {"method": args.method, "ways": args.ways, "image_size": profile.image_size,
+                    "in_channels": train.dataset.image_shape[0], "width": profile.width}
+    if args.method == "reptile":
+        learner_spec["seed"] = args.seed  # Reptile's own inner-minibatch generator
+    with torch.random.fork_rng(devices=[]):  # the initial weights follow --seed
+        torch.manual_seed(args.seed)
+        learner = methods.build_learner(**learner_spec)
+    out = Path(args.out or Path("runs") / f"{args.method}-{args.dataset}-{args.ways}w{args.shots}s")
+    result = fit(learner, train, config, val_sampler=val, out_dir=out, resume=not args.restart,
+                 progress=not args.quiet, spec={"learner": learner_spec, "data": data})
+    best = result.best_val
+    print(f"trained {args.method} on {args.dataset}/{train_split} for {result.step} steps "
+          f"in {result.train_seconds:.1f} s" + (f"; best validation accuracy "
+          f"{100 * best['accuracy']:.2f} % at step {best['step']}" if best else ""))
+    print(f"saved {out / CHECKPOINT}")
+    if test is not None:
+        episodes = args.episodes or profile.eval_episodes
+        evaluation = _evaluate(learner, test, episodes, device=args.device, seed=args.seed,
+                               quiet=args.quiet)
+        write_metrics(out, result, evaluation, test)
+        print(f"accuracy = {evaluation}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise ValueError(f"no checkpoint at {path}")
+    try:
+        state = load_checkpoint(path)
+        learner_spec, data = state["spec"]["learner"], state["spec"]["data"]
+    except Exception as err:  # not a torch file, or not one `train` wrote
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"{path} is not a checkpoint written by `python -m companion train` "
+                         f"({type(err).__name__}: {first_line})") from err
+    changed = {k: getattr(args, k) for k in ("dataset", "ways", "shots", "queries")
+               if getattr(args, k) is not None}
+    trained_ways = learner_spec["ways"]
+    if learner_spec["method"] in methods.FIXED_WAYS and changed.get("ways", trained_ways) \
+            != trained_ways:
+        raise ValueError(f"{learner_spec['method']} was trained with a {learner_spec['ways']}-way "
+                         f"head and tests only on {learner_spec['ways']}-way episodes; got "
+                         f"--ways {changed['ways']}")
+    data = {**data, **changed}
+    split = args.split or (data["test_split"] if "dataset" not in changed
+                           else SPLITS[data["dataset"]][2])
+    seed = data["seed"] if args.seed is None else args.seed
+    sampler = _sampler(data, split, args.root, seed=seed)
+    learner = methods.build_learner(**learner_spec)
+    learner.load_state_dict(state["model"])
+    generator = getattr(learner, "generator", None)  # as fit left it (e.g. Reptile's)
+    if isinstance(generator, torch.Generator) and state["rng"]["learner"] is not None:
+        generator.set_state(state["rng"]["learner"])
+    episodes = args.episodes or get_profile(args.profile).eval_episodes
+    evaluation = _evaluate(learner, sampler, episodes, device=args.device, seed=seed,
+                           quiet=args.quiet)
+    write_metrics(Path(args.out) if args.out else path.parent,
+                  TrainResult.from_checkpoint(state), evaluation, sampler)
+    print(f"{learner_spec['method']} on {data['dataset']}/{split}, {data['ways']}-way "
+          f"{data['shots']}-shot: accuracy = {evaluation}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m companion", description=__doc__.splitlines()[0]
@@ -96,6 +262,53 @@ def build_parser() -> argparse.ArgumentParser:
     episode.add_argument("--seed", type=int, default=0)
     episode.add_argument("--out", default="episode.png", help="PNG to write")
     episode.set_defaults(run=_data_episode)
+
+    train = commands.add_parser("train", help="meta-train a method, then evaluate it")
+    train.add_argument("method", help=f"one of: {', '.join(methods.METHODS)}")
+    train.add_argument("--dataset", choices=list(DATASETS), default="glyphs")
+    train.add_argument("--ways", type=_positive, default=5)
+    train.add_argument("--shots", type=_positive, default=1)
+    train.add_argument("--queries", type=_positive, default=15, help="per class (default 15)")
+    train.add_argument("--train-split", default=None, help="default: train (omniglot: background)")
+    train.add_argument("--val-split", default=None,
+                       help="default: val (omniglot: none); 'none' skips validation")
+    train.add_argument("--rotations", action="store_true",
+                       help="omniglot: rotations by 90/180/270 degrees as new training classes")
+    train.add_argument("--steps", type=_positive, default=None, help="default: the profile's")
+    train.add_argument("--meta-batch", type=_positive, default=None,
+                       help="tasks per step (default: the profile's)")
+    train.add_argument("--lr", type=float, default=None, help="default: the method's")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
+    train.add_argument("--schedule", choices=SCHEDULES, default=None)
+    train.add_argument("--val-every", type=_positive, default=None)
+    train.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    train.add_argument("--restart", action="store_true",
+                       help="ignore a checkpoint in --out instead of resuming from it")
+    train.add_argument("--no-eval", action="store_true", help="skip the test evaluation")
+    train.add_argument("--out", default=None,
+                       help="output folder (default: runs/METHOD-DATASET-NwKs)")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on test episodes")
+    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint.pt from train")
+    evaluate.add_argument("--dataset", choices=list(DATASETS), default=None,
+                          help="default: the training dataset")
+    evaluate.add_argument("--split", default=None, help="default: the dataset's test split")
+    evaluate.add_argument("--ways", type=_positive, default=None)
+    evaluate.add_argument("--shots", type=_positive, default=None)
+    evaluate.add_argument("--queries", type=_positive, default=None)
+    evaluate.add_argument("--out", default=None,
+                          help="folder for metrics.json (default: the checkpoint's)")
+    evaluate.set_defaults(run=_eval)
+    for p in (train, evaluate):
+        p.add_argument("--episodes", type=_positive, default=None,
+                       help="test episodes (default: the profile's eval_episodes)")
+        p.add_argument("--profile", choices=PROFILE_NAMES, default=None)
+        p.add_argument("--seed", type=int, default=0 if p is train else None,
+                       help="seed of the run" if p is train else "default: the run's")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+        p.add_argument("--root", default=None, help="data folder (default: $COMPANION_DATA)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 

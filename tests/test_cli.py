@@ -1,12 +1,14 @@
-"""The command line: `python -m companion data info|episode`."""
+"""The command line: `python -m companion data info|episode`, `train` and `eval`."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from companion.__main__ import main
@@ -79,3 +81,86 @@ def test_omniglot_info_from_the_cache(omniglot_root, monkeypatch, capsys) -> Non
     rows = {r["split"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["background"]["classes"] == 964 and rows["evaluation"]["classes"] == 659
     assert rows["background"]["images_per_class"] == 20 == rows["evaluation"]["images_per_class"]
+
+
+# `python -m companion train|eval`, with a toy learner patched in so that these tests need
+# none of the method modules.
+
+def toy_learner(method, *, ways, image_size, in_channels, width, **kwargs):
+    from tests.test_train import ToyProtoNet
+
+    return ToyProtoNet(in_features=in_channels * image_size * image_size, dim=width)
+
+
+TRAIN = ["train", "protonet", "--dataset", "digits", "--ways", "3", "--shots", "2",
+         "--queries", "5", "--profile", "smoke", "--steps", "6", "--val-every", "3",
+         "--episodes", "30", "--quiet"]
+
+
+def test_train_then_eval_reproduces_the_accuracy(tmp_path, monkeypatch, capsys) -> None:
+    import companion.methods
+
+    monkeypatch.setattr(companion.methods, "build_learner", toy_learner)
+    monkeypatch.chdir(tmp_path)
+    assert main(TRAIN) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^accuracy = \d+\.\d\d \+- \d+\.\d\d % \(30 episodes\)$", printed, re.M)
+    out = tmp_path / "runs" / "protonet-digits-3w2s"  # the default --out
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json"]
+    trained = json.loads((out / "metrics.json").read_text())
+    assert (trained["method"], trained["dataset"], trained["split"]) == ("protonet", "digits",
+                                                                         "test")
+    assert (trained["ways"], trained["shots"], trained["episodes"]) == (3, 2, 30)
+    assert 1 / 3 < trained["accuracy"] <= 1 and 0 < trained["ci95"] < 0.2  # fractions
+    assert trained["train_seconds"] > 0 and trained["history"]["train"][-1]["step"] == 6
+    assert f"accuracy = {100 * trained['accuracy']:.2f} +- {100 * trained['ci95']:.2f} %" in printed
+
+    # The same seed gives the same test episodes, so the rebuilt learner scores the same.
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--episodes", "30",
+                 "--quiet", "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert (again["accuracy"], again["ci95"]) == (trained["accuracy"], trained["ci95"])
+    assert (again["steps"], again["history"]) == (6, trained["history"])
+    assert f"{100 * trained['accuracy']:.2f} +- " in capsys.readouterr().out
+
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--episodes", "5",
+                 "--ways", "2", "--quiet"]) == 0  # metrics.json next to the checkpoint
+    other = json.loads((out / "metrics.json").read_text())
+    assert (other["ways"], other["shots"], other["episodes"]) == (2, 2, 5)
+
+    assert main([*TRAIN, "--lr", "0.5"]) == 2  # the checkpoint in runs/ is another run's
+    assert "lr: 0.001 -> 0.5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "snail"], "unknown method 'snail'; allowed: protonet, matchingnet, maml"),
+        (["train", "protonet", "--ways", "1"], "--ways must be at least 2"),
+        (["train", "protonet", "--dataset", "digits", "--ways", "6"], "only 5 classes"),
+        (["train", "protonet", "--shots", "10", "--queries", "15"], "shots + queries = 10 + 15"),
+        (["train", "protonet", "--rotations"], "--rotations applies to omniglot only"),
+        (["eval", "--checkpoint", "missing/checkpoint.pt"], "no checkpoint at missing"),
+        (["eval", "--checkpoint", "metrics.json"], "is not a checkpoint written by"),
+        (["eval", "--checkpoint", "maml.pt", "--ways", "3"], "tests only on 5-way episodes"),
+    ],
+)
+def test_bad_train_and_eval_requests_exit_2(argv, message, tmp_path, monkeypatch,
+                                            capsys) -> None:
+    import companion.methods
+
+    monkeypatch.setattr(companion.methods, "build_learner", toy_learner)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics.json").write_text("{}")
+    learner = {"method": "maml", "ways": 5, "image_size": 28, "in_channels": 1, "width": 8}
+    torch.save({"spec": {"learner": learner, "data": {}}}, tmp_path / "maml.pt")
+    assert main([*argv, "--profile", "smoke", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_train_argument_errors_exit_2(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "protonet", "--shots", "0"])
+    assert exit_info.value.code == 2
+    assert "must be a positive integer" in capsys.readouterr().err

@@ -1,0 +1,377 @@
+r"""The one training loop every method shares.
+
+Meta-training is stochastic gradient descent where each example is a *task*. Every
+learner in :mod:`companion.meta` exposes ``meta_loss(batch) -> (loss, logs)``, whose
+gradient is the method's meta-update direction, so one loop trains them all::
+
+    for step in 1..T:
+        batch = sampler.sample_batch(B)            # B tasks, a TaskBatch
+        loss, logs = learner.meta_loss(batch)      # L(theta) = 1/B sum_i L_i(theta)
+        loss.backward()                            # the meta-gradient
+        clip the gradient norm (optional); optimizer.step(); scheduler.step()
+        every val_every steps: accuracy on the same validation episodes
+        every checkpoint_every steps: save everything needed to continue
+
+**Checkpoints and resume.** A checkpoint holds the learner's ``state_dict``, the
+optimizer, scheduler and gradient-scaler states, the step, the random states (PyTorch's
+CPU generator, the sampler's and the learner's ``torch.Generator``, CUDA's when used), the
+history so far, the config and a plain-data ``spec`` saying how to rebuild the learner. It
+contains only tensors and plain containers, so it loads with ``torch.load(path,
+weights_only=True)`` (no code runs on load). It is written to a temporary file in the same
+folder, then renamed over the old one (``os.replace``), so a crash while saving leaves the
+previous checkpoint whole. Because everything that steers the run is restored, a run stopped after
+step ``k`` and resumed ends with the same parameters, bit for bit on a CPU, as a run that
+never stopped (``tests/test_train.py`` checks this).
+
+**Randomness.** The loop runs inside ``torch.random.fork_rng``: it seeds its own stream
+with ``config.seed`` (dropout, augmentations inside ``meta_loss``) and leaves the caller's
+random state as it was. Episodes come from the sampler's own generator.
+
+**Mixed precision.** With ``amp=True`` on CUDA, ``meta_loss`` runs under
+``torch.autocast`` (bfloat16 by default; float16 adds a ``GradScaler`` so that small
+gradients do not underflow). On a CPU the flag is ignored: CPU autocast speeds up only
+processors with bfloat16 matrix units and would make CPU runs, the ones the tests and the
+book's ``smoke``/``cpu`` profiles use, differ from full precision for no gain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm  # a text bar in a terminal, a widget in a notebook
+
+from companion.data.episodes import EpisodeSampler
+from companion.evaluate import EvalResult, evaluate_episodes
+
+CHECKPOINT, METRICS = "checkpoint.pt", "metrics.json"
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("none", "step", "cosine", "linear")
+AMP_DTYPES = ("bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that steers a training run (the learner's own config is separate).
+
+    ``schedule``: ``none`` keeps ``lr``; ``step`` multiplies it by ``decay_gamma`` every
+    ``decay_every`` steps (ProtoNet halves it every 2,000 episodes); ``cosine`` anneals it
+    to 0 over ``steps``; ``linear`` decreases it linearly to 0 (Reptile's outer step size).
+    """
+
+    steps: int = 2_000  # meta-updates
+    meta_batch: int = 32  # tasks per meta-update (MAML: 32 for 5-way Omniglot)
+    lr: float = 1e-3  # outer learning rate (ProtoNet's and MAML's Adam)
+    optimizer: str = "adam"  # "adam" or "sgd" (plain SGD, e.g. for Reptile's outer step)
+    schedule: str = "none"  # "none", "step", "cosine" or "linear"
+    decay_every: int = 2_000  # "step" schedule: steps between decays
+    decay_gamma: float = 0.5  # "step" schedule: factor per decay
+    weight_decay: float = 0.0  # L2 penalty added to the gradient by the optimizer
+    grad_clip: float | None = None  # clip the meta-gradient to this total norm
+    log_every: int = 10  # steps averaged into one point of the training history
+    val_every: int = 500  # steps between validations (and after the last step)
+    val_episodes: int = 100  # validation episodes, the same ones every time
+    checkpoint_every: int = 500  # steps between checkpoints (and at the end)
+    seed: int = 0  # seed of the loop's random stream (not of the episodes)
+    device: str = "auto"  # "auto": CUDA if available, else CPU; or "cpu", "cuda:1", ...
+    amp: bool = False  # mixed precision on CUDA; ignored on a CPU (see the module doc)
+    amp_dtype: str = "bfloat16"  # "bfloat16" or "float16" (with a GradScaler)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "meta_batch", "decay_every", "log_every", "val_every",
+                     "val_episodes", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                              ("amp_dtype", AMP_DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; allowed: "
+                                 f"{', '.join(allowed)}")
+        if not self.lr > 0 or not 0 < self.decay_gamma <= 1 or not self.weight_decay >= 0:
+            raise ValueError(f"need lr > 0, 0 < decay_gamma <= 1 and weight_decay >= 0; got "
+                             f"{self.lr}, {self.decay_gamma} and {self.weight_decay}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be None or positive; got {self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run left.
+
+    ``history["train"]``: ``{"step", "loss", "accuracy", ...}``, means of ``meta_loss``'s
+    logs over each ``log_every`` steps; ``history["val"]``: ``{"step", "accuracy", "ci95"}``
+    per validation (fractions). ``best_val`` is the best of those (the parameters kept are
+    the last ones, not the best). ``finished`` is False after ``stop_after``.
+    """
+
+    step: int
+    history: dict[str, list[dict[str, float]]]
+    train_seconds: float
+    best_val: dict[str, float] | None
+    finished: bool
+    config: dict[str, Any]
+    spec: dict[str, Any]
+
+    @classmethod
+    def from_checkpoint(cls, state: Mapping[str, Any]) -> TrainResult:
+        """The result as of a checkpoint (see :func:`load_checkpoint`)."""
+        val = state["history"]["val"]
+        return cls(state["step"], state["history"], state["train_seconds"],
+                   max(val, key=lambda v: v["accuracy"]) if val else None,
+                   state["step"] >= state["config"]["steps"], state["config"], state["spec"])
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA if available, else CPU; other names as ``torch.device`` reads them."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
+                          if name == "auto" else name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for CUDA, which is not available here")
+    return device
+
+
+def evaluate_learner(learner: nn.Module, sampler: EpisodeSampler, episodes: int, *,
+                     device: torch.device | str = "cpu", progress: bool = False) -> EvalResult:
+    """Accuracy +- 95% CI of ``learner.classify`` over ``episodes`` episodes, in eval mode."""
+    was_training = learner.training
+    learner.to(device).eval()
+    try:
+        return evaluate_episodes(learner.classify, sampler, episodes, device=device,
+                                 progress=progress)
+    finally:
+        learner.train(was_training)
+
+
+def fit(
+    learner: nn.Module,
+    train_sampler: EpisodeSampler,
+    config: TrainConfig,
+    *,
+    val_sampler: EpisodeSampler | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    spec: Mapping[str, Any] | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Meta-train ``learner`` on ``config.steps`` meta-batches from ``train_sampler``.
+
+    Args:
+        learner: a module with ``meta_loss(batch) -> (loss, logs)`` and ``classify(episode)``.
+        train_sampler: draws the training tasks (its generator is saved and restored).
+        config: the run's settings.
+        val_sampler: validation episodes (the same ``config.val_episodes`` each time).
+        out_dir: folder for ``checkpoint.pt`` and ``metrics.json``; ``None`` saves nothing.
+        resume: continue from ``out_dir/checkpoint.pt`` if it exists (else start over).
+        progress: show a progress bar (``tqdm.auto``: terminal or notebook).
+        spec: plain data saved with the checkpoint; ``spec["learner"]``, the keyword
+            arguments of :func:`companion.methods.build_learner`, lets
+            ``python -m companion eval`` rebuild the learner. The samplers' episode shapes
+            are added as ``spec["train_episodes"]`` and ``spec["val_episodes"]``.
+        stop_after: stop once this many steps are done, saving a checkpoint, as if the
+            run were interrupted there; a later call resumes it.
+
+    A learner that draws its own random numbers keeps its ``torch.Generator`` in
+    ``learner.generator`` (as :class:`~companion.meta.reptile.Reptile` does); its state is
+    saved and restored with the others.
+
+    Raises:
+        ValueError: the checkpoint in ``out_dir`` was written with another config or spec.
+    """
+    if stop_after is not None and (isinstance(stop_after, bool) or stop_after < 1):
+        raise ValueError(f"stop_after must be None or a positive int; got {stop_after!r}")
+    device = resolve_device(config.device)
+    use_amp = config.amp and device.type == "cuda"
+    amp_dtype = getattr(torch, config.amp_dtype)
+    spec = _plain({**(spec or {}), "train_episodes": _episodes(train_sampler),
+                   "val_episodes": _episodes(val_sampler) if val_sampler else None})
+    learner.to(device)
+    params = [p for p in learner.parameters() if p.requires_grad]
+    optim_cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.SGD
+    optimizer = optim_cls(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = _scheduler(optimizer, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
+    own_rng = getattr(learner, "generator", None)  # e.g. Reptile's inner minibatches
+    own_rng = own_rng if isinstance(own_rng, torch.Generator) else None
+    cuda = [torch.cuda.current_device() if device.index is None else device.index
+            ] if device.type == "cuda" else []
+
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(config.seed)
+        state: dict[str, Any] = {
+            "step": 0, "history": {"train": [], "val": []}, "window": {}, "train_seconds": 0.0,
+            "val_rng": val_sampler.generator.get_state() if val_sampler else None}
+        if resume and path is not None and path.exists():
+            state = load_checkpoint(path)
+            _check_same_run(path, state, config, spec)
+            learner.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            train_sampler.generator.set_state(state["rng"]["sampler"])
+            if own_rng is not None:
+                own_rng.set_state(state["rng"]["learner"])
+            if cuda:
+                torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        step, history, window = state["step"], state["history"], state["window"]
+        last = config.steps if stop_after is None else min(stop_after, config.steps)
+        bar = tqdm(total=config.steps, initial=step, desc=type(learner).__name__,
+                   disable=not progress, unit="step")
+        start = time.perf_counter() - state["train_seconds"]
+        learner.train()
+        while step < last:
+            batch = train_sampler.sample_batch(config.meta_batch).to(device)
+            autocast = (torch.autocast(device.type, dtype=amp_dtype) if use_amp
+                        else contextlib.nullcontext())
+            with autocast:
+                loss, logs = learner.meta_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.grad_clip is not None:
+                scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
+                nn.utils.clip_grad_norm_(params, config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            for key, value in {"loss": loss.item(), **logs}.items():
+                window.setdefault(key, []).append(float(value))
+            if step % config.log_every == 0 or step == config.steps:
+                history["train"].append({"step": step, **{k: sum(v) / len(v)
+                                                          for k, v in window.items()}})
+                window = {}
+                bar.set_postfix({k: f"{v:.3f}" for k, v in history["train"][-1].items()
+                                 if k in ("loss", "accuracy")})
+            if val_sampler is not None and (step % config.val_every == 0 or step == config.steps):
+                val_sampler.generator.set_state(state["val_rng"])  # the same episodes each time
+                result = evaluate_learner(learner, val_sampler, config.val_episodes, device=device)
+                history["val"].append({"step": step, "accuracy": result.accuracy,
+                                       "ci95": _finite(result.ci95)})
+                bar.set_description(f"{type(learner).__name__} val {100 * result.accuracy:.1f}%")
+            bar.update(1)
+            if path is not None and (step % config.checkpoint_every == 0 or step == last):
+                state = {
+                    "format": 1, "step": step, "config": asdict(config), "spec": spec,
+                    "model": learner.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "rng": {"torch": torch.get_rng_state(),
+                            "sampler": train_sampler.generator.get_state(),
+                            "learner": own_rng.get_state() if own_rng is not None else None,
+                            "cuda": torch.cuda.get_rng_state(device) if cuda else None},
+                    "val_rng": state["val_rng"], "history": history, "window": window,
+                    "train_seconds": time.perf_counter() - start,
+                }
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_write(path, lambda f, s=state: torch.save(s, f))
+        bar.close()
+    result = TrainResult.from_checkpoint({**state, "step": step, "history": history,
+                                          "config": asdict(config), "spec": spec,
+                                          "train_seconds": time.perf_counter() - start})
+    if out_dir is not None:
+        write_metrics(out_dir, result)
+    return result
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A checkpoint written by :func:`fit`, loaded safely (``weights_only=True``) onto the CPU.
+
+    Keys: ``format`` (1), ``step``, ``config`` (``asdict(TrainConfig)``), ``spec``, ``model``,
+    ``optimizer``, ``scheduler``, ``scaler`` (state dicts), ``rng`` (``torch``, ``sampler``,
+    ``learner``, ``cuda``: generator states or ``None``), ``val_rng``, ``history``,
+    ``window`` (logs of the unfinished history window), ``train_seconds``.
+    """
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_metrics(out_dir: str | os.PathLike[str], result: TrainResult,
+                  evaluation: EvalResult | None = None,
+                  sampler: EpisodeSampler | None = None) -> dict[str, Any]:
+    """Write ``out_dir/metrics.json`` (atomically) and return what it holds.
+
+    ``accuracy`` and ``ci95`` are fractions from ``evaluation`` (``None`` before one);
+    ``dataset``, ``split``, ``ways``, ``shots``, ``queries`` describe the evaluation episodes
+    (``sampler``), or the training episodes when there is none.
+    """
+    episodes = _episodes(sampler) if sampler else dict(result.spec["train_episodes"])
+    learner = result.spec.get("learner") or {}
+    metrics = {
+        "method": learner.get("method", "unknown"), **episodes,
+        "accuracy": evaluation.accuracy if evaluation else None,
+        "ci95": _finite(evaluation.ci95) if evaluation else None,
+        "episodes": evaluation.episodes if evaluation else 0,
+        "train_seconds": result.train_seconds, "steps": result.step,
+        "best_val": result.best_val, "history": result.history,
+        "config": result.config, "spec": result.spec,
+    }
+    text = json.dumps(metrics, indent=2, allow_nan=False).encode()
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    _atomic_write(Path(out_dir) / METRICS, lambda f: f.write(text))
+    return metrics
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:
+    lr_scheduler = torch.optim.lr_scheduler
+    if config.schedule == "step":
+        return lr_scheduler.StepLR(optimizer, config.decay_every, gamma=config.decay_gamma)
+    if config.schedule == "cosine":
+        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
+    end = 0.0 if config.schedule == "linear" else 1.0  # "none": the factor stays exactly 1
+    return lr_scheduler.LinearLR(optimizer, 1.0, end, total_iters=config.steps)
+
+
+def _episodes(sampler: EpisodeSampler) -> dict[str, Any]:
+    return {"dataset": sampler.dataset.name, "split": sampler.dataset.split,
+            "ways": sampler.ways, "shots": sampler.shots, "queries": sampler.queries}
+
+
+def _check_same_run(path: Path, state: Mapping[str, Any], config: TrainConfig,
+                    spec: Mapping[str, Any]) -> None:
+    new = asdict(config)
+    changed = [f"{k}: {state['config'].get(k)!r} -> {v!r}" for k, v in new.items()
+               if state["config"].get(k) != v]
+    changed += [f"spec[{k!r}]: {state['spec'].get(k)!r} -> {spec.get(k)!r}"
+                for k in sorted(set(spec) | set(state["spec"]))
+                if state["spec"].get(k) != spec.get(k)]
+    if changed:
+        raise ValueError(f"{path} belongs to a different run ({'; '.join(changed)}); "
+                         "pass resume=False (CLI: --restart) or choose another output folder")
+
+
+def _plain(spec: Mapping[str, Any]) -> dict[str, Any]:
+    try:  # a JSON round trip keeps plain data only (tuples become lists)
+        return json.loads(json.dumps(spec, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"spec must be plain data (str, int, float, bool, None, lists and "
+                         f"dicts); {err}") from err
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None  # one episode has no CI; JSON has no NaN
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write through a temporary file in the same folder, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
+        os.replace(tmp, path)  # atomic: readers see the old file or the new one
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,406 @@
+"""Tests for companion.meta.maml against independent references: classic autograd
+(``torch.autograd.grad``, no ``torch.func``), finite differences (``gradcheck``), the
+explicit SGD formula and ProtoNet's distances."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from companion.data import EpisodeSampler, TaskBatch, load_dataset
+from companion.data.episodes import Episode
+from companion.meta.maml import MAML, MAMLConfig, ProtoMAML
+from companion.nets import MLP, Conv4, linear_head
+
+WAYS, SHOTS, QUERIES, TASKS = 3, 2, 2, 3
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # These models are tiny: on a shared 2-core machine intra-op threads only add contention
+    # (a Conv-4 step measured ~10x slower with 2 threads under load than with 1).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _batch(shape: tuple[int, ...], dtype=torch.float64, tasks: int = TASKS, seed: int = 0):
+    """``tasks`` class-first WAYS-way SHOTS-shot QUERIES-query tasks of random inputs."""
+    g = _seeded(seed)
+    ys = torch.arange(WAYS).repeat_interleave(SHOTS).expand(tasks, -1)
+    yq = torch.arange(WAYS).repeat_interleave(QUERIES).expand(tasks, -1)
+    sx = torch.randn(tasks, WAYS * SHOTS, *shape, generator=g, dtype=dtype)
+    qx = torch.randn(tasks, WAYS * QUERIES, *shape, generator=g, dtype=dtype)
+    return TaskBatch(sx, ys, qx, yq)
+
+
+def _mlp(dtype=torch.float64) -> nn.Sequential:
+    torch.manual_seed(0)  # only the modules' default init; data use a Generator
+    return nn.Sequential(MLP(6, hidden=(5,), norm="batch"), linear_head(5, WAYS)).to(dtype)
+
+
+def _conv(norm: str = "batch", dtype=torch.float64) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(Conv4(1, hidden=4, norm=norm), linear_head(4, WAYS)).to(dtype)
+
+
+def _leaves(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().requires_grad_() for k, v in module.named_parameters()}
+
+
+def _meta_grad(learner, batch) -> dict[str, torch.Tensor]:
+    params = _leaves(learner.encoder if isinstance(learner, ProtoMAML) else learner.model)
+    loss, _ = learner.meta_loss(batch, params)
+    return dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
+
+
+def _sgd(params, loss_of, lr, steps, names=None, create_graph=True):
+    """Reference inner loop with classic autograd: theta <- theta - lr * grad L(theta)."""
+    names = list(params) if names is None else names
+    for _ in range(steps):
+        grads = torch.autograd.grad(
+            loss_of(params), [params[k] for k in names], create_graph=create_graph
+        )
+        params = {**params, **{k: params[k] - lr * g for k, g in zip(names, grads, strict=True)}}
+    return params
+
+
+def _assert_dicts_close(a, b, **tol):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=lambda m, k=k: f"{k}: {m}", **tol)
+
+
+# ---------------------------------------------------------------- the inner loop
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("adapt", ["all", "head"])
+def test_inner_steps_are_sgd(adapt, steps):
+    model = _mlp()
+    maml = MAML(model, MAMLConfig(inner_lr=0.3, adapt=adapt))
+    task = _batch((6,))[0]
+    params = _leaves(model)
+    fast = maml.adapt(params, task.support_x, task.support_y, steps)
+    names = [k for k in params if adapt == "all" or k.startswith("1.")]
+
+    def loss_of(p):
+        return F.cross_entropy(functional_call(model, p, (task.support_x,)), task.support_y)
+
+    # theta - alpha * grad L(theta), written out for one step
+    if steps == 1:
+        g = torch.autograd.grad(loss_of(params), [params[k] for k in names])
+        for k, gk in zip(names, g, strict=True):
+            torch.testing.assert_close(fast[k], params[k] - 0.3 * gk)
+    _assert_dicts_close(fast, _sgd(params, loss_of, 0.3, steps, names))
+    if adapt == "head":  # ANIL: the body is passed through untouched
+        assert all(fast[k] is params[k] for k in params if k not in names)
+        assert all(not torch.equal(fast[k], params[k]) for k in names)
+
+
+def test_sinusoid_regression_mse():
+    # Finn et al. sec. 5.1: MLP 40-40, alpha = 0.01, K = 10, targets (K,) against outputs (K, 1).
+    torch.manual_seed(0)
+    model = MLP(1, hidden=(40, 40), out_features=1).double()
+    g = _seeded(1)
+    x = 10 * torch.rand(2, 20, 1, generator=g, dtype=torch.float64) - 5
+    y = 3.0 * torch.sin(x[..., 0] - 0.5)  # (T, 20)
+    batch = TaskBatch(x[:, :10], y[:, :10], x[:, 10:], y[:, 10:])
+    maml = MAML(model, MAMLConfig(inner_lr=0.01, loss="mse", strategy="loop"))
+    params = _leaves(model)
+    fast = maml.adapt(params, batch.support_x[0], batch.support_y[0])
+
+    def loss_of(p):
+        return (
+            (functional_call(model, p, (batch.support_x[0],))[:, 0] - batch.support_y[0])
+            .square()
+            .mean()
+        )
+
+    _assert_dicts_close(fast, _sgd(params, loss_of, 0.01, 1))
+    loss, logs = maml.meta_loss(batch)
+    loss_v, logs_v = MAML(model, MAMLConfig(inner_lr=0.01, loss="mse", strategy="vmap")).meta_loss(
+        batch
+    )
+    assert set(logs) == {"loss"} and math.isclose(logs["loss"], logs_v["loss"], rel_tol=1e-9)
+    assert maml.classify(batch[0]).shape == (10, 1)
+
+
+# ---------------------------------------------------------------- meta-gradients
+
+
+def test_second_order_matches_finite_differences_and_differs_from_first_order():
+    model, batch = _mlp(), _batch((6,), tasks=2)
+    second = MAML(model, MAMLConfig(inner_lr=0.5, inner_steps=2, strategy="loop"))
+    first = MAML(model, MAMLConfig(inner_lr=0.5, inner_steps=2, strategy="loop", first_order=True))
+    params = _leaves(model)
+
+    def objective(learner):
+        return lambda *p: learner.meta_loss(batch, dict(zip(params, p, strict=True)))[0]
+
+    inputs = tuple(params.values())
+    assert torch.autograd.gradcheck(objective(second), inputs)
+    # First-order MAML is not the gradient of the meta-objective ...
+    assert not torch.autograd.gradcheck(objective(first), inputs, raise_exception=False)
+    # ... and differs from second order by more than rounding.
+    g2, g1 = _meta_grad(second, batch), _meta_grad(first, batch)
+    assert max((g2[k] - g1[k]).abs().max().item() for k in g2) > 1e-3
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_meta_gradient_matches_classic_autograd(first_order):
+    """Conv-4, two inner steps, three tasks: the mean over tasks of the hand-built
+    meta-gradients. First order: grad of the query loss at the adapted parameters, with the
+    inner gradients taken as constants (no create_graph), applied to the init."""
+    model, batch, lr = _conv(), _batch((1, 16, 16)), 0.4
+    maml = MAML(model, MAMLConfig(inner_lr=lr, inner_steps=2, first_order=first_order))
+    theta = _leaves(model)
+    expected = {k: torch.zeros_like(v) for k, v in theta.items()}
+    for task in batch:
+
+        def support_loss(p, task=task):
+            return F.cross_entropy(functional_call(model, p, (task.support_x,)), task.support_y)
+
+        fast = _sgd(theta, support_loss, lr, 2, create_graph=not first_order)
+        query = F.cross_entropy(functional_call(model, fast, (task.query_x,)), task.query_y)
+        wrt = list(fast.values()) if first_order else list(theta.values())
+        for k, g in zip(theta, torch.autograd.grad(query, wrt), strict=True):
+            expected[k] += g / len(batch)
+    _assert_dicts_close(_meta_grad(maml, batch), expected)
+
+
+def test_anil_meta_gradient_and_body_unchanged():
+    model, batch, lr = _conv(), _batch((1, 16, 16)), 0.4
+    anil = MAML(model, MAMLConfig(inner_lr=lr, adapt="head"))
+    theta = _leaves(model)
+    body = model[0]
+    expected = {k: torch.zeros_like(v) for k, v in theta.items()}
+    for task in batch:
+        body_p = {k[2:]: v for k, v in theta.items() if k.startswith("0.")}
+        z = functional_call(body, body_p, (task.support_x,))
+        w, b = theta["1.weight"], theta["1.bias"]
+        gw, gb = torch.autograd.grad(
+            F.cross_entropy(F.linear(z, w, b), task.support_y), (w, b), create_graph=True
+        )
+        zq = functional_call(body, body_p, (task.query_x,))
+        query = F.cross_entropy(F.linear(zq, w - lr * gw, b - lr * gb), task.query_y)
+        for k, g in zip(theta, torch.autograd.grad(query, list(theta.values())), strict=True):
+            expected[k] += g / len(batch)
+    got = _meta_grad(anil, batch)
+    _assert_dicts_close(got, expected)
+    assert got["0.blocks.0.0.weight"].abs().max() > 0  # the body is meta-learned
+    fast = anil.adapt(theta, batch.support_x[0], batch.support_y[0])
+    assert all(fast[k] is theta[k] for k in theta if k.startswith("0."))
+    assert not torch.equal(fast["1.weight"], theta["1.weight"])
+
+
+@pytest.mark.parametrize(
+    ("norm", "adapt", "first_order"),
+    [
+        ("batch", "all", False),
+        ("none", "all", False),
+        ("batch", "head", False),
+        ("batch", "all", True),
+    ],
+)
+def test_vmap_equals_loop(norm, adapt, first_order):
+    batch = _batch((1, 16, 16), dtype=torch.float32)
+    grads, logs = {}, {}
+    for strategy in ("loop", "vmap"):
+        config = MAMLConfig(adapt=adapt, strategy=strategy, first_order=first_order)
+        maml = MAML(_conv(norm, torch.float32), config)
+        loss, logs[strategy] = maml.meta_loss(batch)
+        loss.backward()
+        grads[strategy] = {k: p.grad for k, p in maml.named_parameters()}
+    _assert_dicts_close(grads["vmap"], grads["loop"], atol=1e-5, rtol=1e-5)
+    assert logs["vmap"]["accuracy"] == logs["loop"]["accuracy"]
+    assert math.isclose(logs["vmap"]["loss"], logs["loop"]["loss"], rel_tol=1e-5)
+
+
+# ---------------------------------------------------------------- Proto-MAML
+
+
+def _encoder() -> Conv4:
+    torch.manual_seed(0)
+    return Conv4(1, hidden=4).double()
+
+
+def test_protomaml_initial_logits_are_protonet():
+    encoder, task = _encoder(), _batch((1, 16, 16))[0]
+    pm = ProtoMAML(encoder, WAYS)
+    params = _leaves(encoder)
+    logits = pm.predict(pm.adapt(params, task.support_x, task.support_y, steps=0), task.query_x)
+    z_s, z_q = encoder(task.support_x), encoder(task.query_x)
+    c = torch.stack([z_s[task.support_y == k].mean(0) for k in range(WAYS)])  # (N, D)
+    protonet = -torch.cdist(z_q, c).square()  # (N*Q, N)
+    offset = logits - protonet  # ||z||^2 in every column
+    torch.testing.assert_close(offset, z_q.square().sum(1, keepdim=True).expand_as(offset))
+    torch.testing.assert_close(logits.softmax(-1), protonet.softmax(-1))
+    assert torch.equal(logits.argmax(-1), protonet.argmax(-1))
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_protomaml_meta_gradient_flows_through_the_init(first_order):
+    """Chain rule by hand: the task's query loss F(theta, W0, b0) with the head's init as
+    independent leaves (as in the inner loop of Meta-Dataset's code), then the init's
+    dependence on the encoder, W0 = 2c(theta), b0 = -||c(theta)||^2, added by a VJP."""
+    encoder, batch, lr = _encoder(), _batch((1, 16, 16), tasks=2), 0.4
+    pm = ProtoMAML(encoder, WAYS, MAMLConfig(inner_lr=lr, first_order=first_order))
+    theta = _leaves(encoder)
+    expected = {k: torch.zeros_like(v) for k, v in theta.items()}
+    for task in batch:
+        z = functional_call(encoder, theta, (task.support_x,))
+        c = torch.stack([z[task.support_y == k].mean(0) for k in range(WAYS)])
+        w_of_theta, b_of_theta = 2 * c, -(c * c).sum(1)  # W_k = 2 c_k, b_k = -||c_k||^2
+        w0, b0 = w_of_theta.detach().requires_grad_(), b_of_theta.detach().requires_grad_()
+
+        def logits(p, x):
+            enc = {k: v for k, v in p.items() if k not in ("w", "b")}
+            return F.linear(functional_call(encoder, enc, (x,)), p["w"], p["b"])
+
+        def support_loss(p, task=task):
+            return F.cross_entropy(logits(p, task.support_x), task.support_y)
+
+        fast = _sgd({**theta, "w": w0, "b": b0}, support_loss, lr, 1, create_graph=not first_order)
+        query = F.cross_entropy(logits(fast, task.query_x), task.query_y)
+        *direct, g_w0, g_b0 = torch.autograd.grad(query, [*theta.values(), w0, b0])
+        through_init = torch.autograd.grad(
+            (w_of_theta, b_of_theta), list(theta.values()), grad_outputs=(g_w0, g_b0)
+        )
+        for k, g, h in zip(theta, direct, through_init, strict=True):
+            expected[k] += (g + h) / len(batch)
+    _assert_dicts_close(_meta_grad(pm, batch), expected)
+
+
+@pytest.mark.parametrize("adapt", ["all", "head"])
+def test_protomaml_vmap_equals_loop(adapt):
+    batch = _batch((1, 16, 16), dtype=torch.float32)
+    out = {}
+    for strategy in ("loop", "vmap"):
+        torch.manual_seed(0)
+        pm = ProtoMAML(Conv4(1, hidden=4), WAYS, MAMLConfig(strategy=strategy, adapt=adapt))
+        loss, _ = pm.meta_loss(batch)
+        loss.backward()
+        out[strategy] = {k: p.grad for k, p in pm.named_parameters()}
+    _assert_dicts_close(out["vmap"], out["loop"], atol=1e-5, rtol=1e-5)
+    params = {k: v.detach() for k, v in pm.encoder.named_parameters()}
+    fast = pm.adapt(params, batch.support_x[0], batch.support_y[0])
+    adapted = [k for k in params if fast[k] is not params[k]]
+    assert adapted == ([] if adapt == "head" else list(params))  # head only: encoder as is
+
+
+# ---------------------------------------------------------------- training and evaluation
+
+
+def test_classify_under_no_grad_equals_three_sgd_steps():
+    model, task = _mlp(), _batch((6,))[0]
+    maml = MAML(model, MAMLConfig())  # inner_steps_test = 3
+    with torch.no_grad():
+        logits = maml.classify(task)
+    assert not logits.requires_grad and logits.shape == (WAYS * QUERIES, WAYS)
+
+    def loss_of(p):
+        return F.cross_entropy(functional_call(model, p, (task.support_x,)), task.support_y)
+
+    fast = _sgd(_leaves(model), loss_of, 0.4, 3)
+    torch.testing.assert_close(logits, functional_call(model, fast, (task.query_x,)).detach())
+
+
+def test_short_maml_run_on_glyphs_learns():
+    sampler = EpisodeSampler(
+        load_dataset("glyphs", "train", alphabets=6), ways=5, shots=1, queries=5, seed=0
+    )
+    torch.manual_seed(0)
+    maml = MAML(nn.Sequential(Conv4(1, hidden=16), linear_head(16, 5)), MAMLConfig(meta_batch=4))
+    optimizer = torch.optim.Adam(maml.parameters(), lr=maml.config.outer_lr)
+    losses = []
+    for _ in range(60):
+        loss, logs = maml.meta_loss(sampler.sample_batch(maml.config.meta_batch))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(logs["loss"])
+        assert 0 <= logs["accuracy"] <= 1
+    first, last = statistics.mean(losses[:15]), statistics.mean(losses[-15:])
+    assert last < first - 0.1, f"meta-training loss did not decrease: {first:.3f} -> {last:.3f}"
+    with torch.no_grad():
+        episodes = list(sampler.episodes(10))
+        accuracy = statistics.mean(
+            (maml.classify(e).argmax(-1) == e.query_y).float().mean().item() for e in episodes
+        )
+        assert not torch.is_grad_enabled()
+    assert accuracy > 0.4, f"5-way accuracy {accuracy:.2f} after training (chance 0.2)"
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"inner_lr": -0.1}, "inner_lr must be a positive number; got -0.1"),
+        ({"inner_lr": 0}, "inner_lr must be a positive number; got 0"),
+        ({"outer_lr": float("nan")}, "outer_lr must be a positive number"),
+        ({"inner_steps": -1}, "inner_steps must be an int >= 0; got -1"),
+        ({"inner_steps_test": 1.5}, "inner_steps_test must be an int >= 0; got 1.5"),
+        ({"meta_batch": 0}, "meta_batch must be an int >= 1; got 0"),
+        ({"loss": "hinge"}, r"loss must be one of \('cross_entropy', 'mse'\); got 'hinge'"),
+        ({"adapt": "body"}, r"adapt must be one of \('all', 'head'\)"),
+        ({"strategy": "threads"}, r"strategy must be one of \('auto', 'loop', 'vmap'\)"),
+        ({"first_order": "yes"}, "first_order must be a bool; got 'yes'"),
+    ],
+)
+def test_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MAMLConfig(**kwargs)
+
+
+def test_argument_and_label_errors():
+    model, batch = _mlp(), _batch((6,))
+    maml, task, params = MAML(model), batch[0], _leaves(model)
+    with pytest.raises(
+        ValueError,
+        match=r"support: expected int64 labels of shape \(6,\).*"
+        r"got support_y \(6, 1\)",
+    ):
+        maml.adapt(params, task.support_x, task.support_y[:, None])
+    with pytest.raises(ValueError, match="support: expected int64 labels.*torch.float64"):
+        maml.adapt(params, task.support_x, task.support_y.double())
+    with pytest.raises(ValueError, match="steps must be an int >= 0; got -1"):
+        maml.adapt(params, task.support_x, task.support_y, steps=-1)
+    bad = TaskBatch(batch.support_x, batch.support_y, batch.query_x, batch.query_y[:, :-1])
+    with pytest.raises(ValueError, match=r"query: expected int64 labels of shape \(3, 6\)"):
+        maml.meta_loss(bad)
+    with pytest.raises(ValueError, match="support: expected float targets"):
+        MAML(model, MAMLConfig(loss="mse")).adapt(params, task.support_x, task.support_y)
+    with pytest.raises(TypeError, match="meta_loss expects a TaskBatch; got Episode"):
+        maml.meta_loss(task)
+    with pytest.raises(TypeError, match="classify expects an Episode; got TaskBatch"):
+        maml.classify(batch)
+    with pytest.raises(TypeError, match="config must be a MAMLConfig; got dict"):
+        MAML(model, {"inner_lr": 0.1})
+    with pytest.raises(ValueError, match=r"adapt='head' \(ANIL\) needs an nn.Sequential"):
+        MAML(model[0], MAMLConfig(adapt="head"))
+    with pytest.raises(ValueError, match="the last module ReLU\\(\\) has no parameters"):
+        MAML(nn.Sequential(model, nn.ReLU()), MAMLConfig(adapt="head"))
+    pm, image_task = ProtoMAML(_encoder(), WAYS), _batch((1, 16, 16))[0]
+    shuffled = Episode(
+        image_task.support_x, image_task.support_y.flip(0), image_task.query_x, image_task.query_y
+    )
+    with pytest.raises(ValueError, match="ProtoMAML needs class-first 3-way support labels"):
+        pm.classify(shuffled)
+    with pytest.raises(ValueError, match="ProtoMAML classifies: loss must be 'cross_entropy'"):
+        ProtoMAML(_encoder(), WAYS, MAMLConfig(loss="mse"))
+    with pytest.raises(ValueError, match="ways must be an int >= 1; got 0"):
+        ProtoMAML(_encoder(), 0)

@@ -1,0 +1,231 @@
+"""The training loop: learning, exact resume, safe checkpoints, metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from companion.data import EpisodeSampler, load_dataset
+from companion.evaluate import EvalResult
+from companion.train import (
+    CHECKPOINT,
+    METRICS,
+    TrainConfig,
+    TrainResult,
+    evaluate_learner,
+    fit,
+    load_checkpoint,
+    write_metrics,
+)
+
+
+class ToyProtoNet(nn.Module):
+    """A small ProtoNet written out here, so these tests need no method module.
+
+    Dropout draws from PyTorch's global generator and ``self.generator`` perturbs the
+    inputs, so an exact resume needs both random states restored.
+    """
+
+    def __init__(self, in_features: int = 64, dim: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(in_features, 32), nn.ReLU(),
+                                     nn.Dropout(0.2), nn.Linear(32, dim))
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def logits(self, support_x, support_y, query_x) -> torch.Tensor:
+        z = self.encoder(support_x)  # (N*K, D)
+        ways = int(support_y.max()) + 1
+        prototypes = z.view(ways, -1, z.shape[-1]).mean(1)  # class-first: (N, D)
+        d = self.encoder(query_x)[:, None, :] - prototypes[None]  # (N*Q, N, D)
+        return -d.square().sum(-1)  # (N*Q, N)
+
+    def meta_loss(self, batch):
+        noise = 0.01 * torch.randn(batch.support_x.shape, generator=self.generator)
+        losses, accuracies = [], []
+        for t, episode in enumerate(batch):
+            logits = self.logits(episode.support_x + noise[t], episode.support_y, episode.query_x)
+            losses.append(F.cross_entropy(logits, episode.query_y))
+            accuracies.append((logits.argmax(-1) == episode.query_y).float().mean())
+        return torch.stack(losses).mean(), {"accuracy": float(torch.stack(accuracies).mean())}
+
+    def classify(self, episode):
+        return self.logits(episode.support_x, episode.support_y, episode.query_x)
+
+
+def samplers(seed: int = 0) -> tuple[EpisodeSampler, EpisodeSampler]:
+    train = EpisodeSampler(load_dataset("digits", "train"), 5, 1, 5, seed=seed)
+    val = EpisodeSampler(load_dataset("digits", "val"), 5, 1, 5, seed=seed)
+    return train, val
+
+
+def toy(seed: int) -> ToyProtoNet:
+    torch.manual_seed(seed)  # the caller's init; fit never reseeds it
+    return ToyProtoNet(seed=seed)
+
+
+SPEC = {"learner": {"method": "toy", "ways": 5}}
+CONFIG = TrainConfig(steps=12, meta_batch=2, lr=3e-3, schedule="step", decay_every=4,
+                     grad_clip=1.0, weight_decay=1e-4, log_every=3, val_every=4,
+                     val_episodes=5, checkpoint_every=5, device="cpu")
+
+
+def test_loss_decreases_and_new_classes_get_easier() -> None:
+    glyphs = load_dataset("glyphs", "train", alphabets=3)
+    val = load_dataset("glyphs", "val", alphabets=2)  # alphabets never trained on
+    train_sampler = EpisodeSampler(glyphs, 5, 1, 5, seed=0)
+    torch.manual_seed(0)
+    learner = ToyProtoNet(in_features=28 * 28)
+    untrained = evaluate_learner(learner, EpisodeSampler(val, 5, 1, 5, seed=1), 30)
+    config = replace(CONFIG, steps=40, schedule="none", log_every=10, val_every=40,
+                     val_episodes=30)
+    result = fit(learner, train_sampler, config, progress=False,
+                 val_sampler=EpisodeSampler(val, 5, 1, 5, seed=1))
+    first, last = result.history["train"][0], result.history["train"][-1]
+    assert last["loss"] < 0.85 * first["loss"] and last["accuracy"] > first["accuracy"]
+    assert result.history["val"][-1]["accuracy"] > untrained.accuracy + 0.1  # ~0.32 -> ~0.55
+    assert result.finished and result.step == 40 and result.train_seconds > 0
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path: Path) -> None:
+    """Stop after step 7 (between checkpoints 5 and 10, inside a log window), start a new
+    process-like call with a different init and fresh samplers: the end is bit-identical."""
+    train, val = samplers()
+    straight = toy(0)
+    expected = fit(straight, train, CONFIG, val_sampler=val, out_dir=tmp_path / "a",
+                   progress=False, spec=SPEC)
+
+    train, val = samplers()
+    first = fit(toy(0), train, CONFIG, val_sampler=val, out_dir=tmp_path / "b",
+                progress=False, spec=SPEC, stop_after=7)
+    assert not first.finished and first.step == 7
+    assert load_checkpoint(tmp_path / "b" / CHECKPOINT)["step"] == 7
+
+    train, val = samplers()
+    resumed = toy(123)  # different weights and generator: all must come from the checkpoint
+    torch.manual_seed(999)  # and the global stream too
+    result = fit(resumed, train, CONFIG, val_sampler=val, out_dir=tmp_path / "b",
+                 progress=False, spec=SPEC)
+
+    assert result.finished and result.step == CONFIG.steps
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values(),
+                            strict=True):
+        assert torch.equal(p, q), name
+    assert result.history == expected.history
+    assert [v["step"] for v in result.history["val"]] == [4, 8, 12]
+
+
+def test_fit_leaves_the_callers_random_state_alone() -> None:
+    train, _ = samplers()
+    learner = toy(0)
+    before = torch.get_rng_state()
+    fit(learner, train, replace(CONFIG, steps=2), progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
+    train, val = samplers()
+    fit(toy(0), train, replace(CONFIG, steps=3), val_sampler=val, out_dir=tmp_path,
+        progress=False, spec=SPEC)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert state["step"] == 3 and state["config"]["steps"] == 3
+    assert state["spec"]["learner"] == SPEC["learner"]
+    assert state["spec"]["train_episodes"] == {"dataset": "digits", "split": "train",
+                                               "ways": 5, "shots": 1, "queries": 5}
+    assert set(state["model"]) == set(toy(0).state_dict())
+    assert {"torch", "sampler", "learner"} <= set(state["rng"])
+    assert state["optimizer"]["param_groups"][0]["weight_decay"] == 1e-4
+
+
+def test_crash_while_saving_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    train, _ = samplers()
+    fit(toy(0), train, CONFIG, out_dir=tmp_path, progress=False, stop_after=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT, METRICS]
+    good = (tmp_path / CHECKPOINT).read_bytes()
+
+    def torn_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        fit(toy(0), train, CONFIG, out_dir=tmp_path, progress=False, stop_after=4)
+    assert (tmp_path / CHECKPOINT).read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT, METRICS]  # no temp files
+    assert load_checkpoint(tmp_path / CHECKPOINT)["step"] == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"config": replace(CONFIG, lr=1e-4)}, "lr: 0.003 -> 0.0001"),
+        ({"spec": {"learner": {"method": "other", "ways": 5}}}, "spec['learner']"),
+    ],
+)
+def test_resuming_a_different_run_is_an_error(tmp_path: Path, change, message) -> None:
+    train, _ = samplers()
+    fit(toy(0), train, CONFIG, out_dir=tmp_path, progress=False, spec=SPEC, stop_after=1)
+    args = {"config": CONFIG, "spec": SPEC, **change}
+    with pytest.raises(ValueError, match="different run") as error:
+        fit(toy(0), train, args["config"], out_dir=tmp_path, progress=False, spec=args["spec"])
+    assert message in str(error.value)
+    fit(toy(0), train, replace(CONFIG, steps=2), out_dir=tmp_path, progress=False,
+        resume=False)  # starting over is allowed
+
+
+def test_amp_is_ignored_on_cpu() -> None:
+    a, b = toy(0), toy(0)
+    fit(a, samplers()[0], replace(CONFIG, steps=3), progress=False)
+    fit(b, samplers()[0], replace(CONFIG, steps=3, amp=True, amp_dtype="float16"),
+        progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_metrics_json_holds_fractions(tmp_path: Path) -> None:
+    train, val = samplers()
+    result = fit(toy(0), train, replace(CONFIG, steps=4), val_sampler=val, out_dir=tmp_path,
+                 progress=False, spec=SPEC)
+    before = json.loads((tmp_path / METRICS).read_text())
+    assert before["accuracy"] is None and before["episodes"] == 0  # not evaluated yet
+
+    evaluation = EvalResult(0.75, 0.05, 40, (0.75,) * 40)
+    test = EpisodeSampler(load_dataset("digits", "test"), 3, 2, 4, seed=0)
+    write_metrics(tmp_path, result, evaluation, test)
+    metrics = json.loads((tmp_path / METRICS).read_text())
+    assert {"accuracy", "ci95", "ways", "shots", "episodes", "train_seconds", "method",
+            "dataset", "history"} <= set(metrics)
+    assert metrics["accuracy"] == 0.75 and metrics["ci95"] == 0.05
+    assert (metrics["method"], metrics["dataset"], metrics["split"]) == ("toy", "digits", "test")
+    assert (metrics["ways"], metrics["shots"], metrics["episodes"]) == (3, 2, 40)
+    assert metrics["history"]["val"][-1]["step"] == 4
+    assert all(0 <= v["accuracy"] <= 1 for v in metrics["history"]["val"])
+    assert metrics["best_val"] == max(metrics["history"]["val"], key=lambda v: v["accuracy"])
+    assert math.isfinite(metrics["train_seconds"])
+    assert TrainResult.from_checkpoint(load_checkpoint(tmp_path / CHECKPOINT)).step == 4
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"steps": 0}, "steps must be a positive int"),
+        ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'"),
+        ({"schedule": "exp"}, "unknown schedule"),
+        ({"lr": 0.0}, "lr > 0"),
+        ({"grad_clip": -1.0}, "grad_clip"),
+    ],
+)
+def test_config_rejects_bad_values(fields, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**fields)
+
+
+def test_spec_must_be_plain_data() -> None:
+    with pytest.raises(ValueError, match="plain data"):
+        fit(toy(0), samplers()[0], replace(CONFIG, steps=1), progress=False,
+            spec={"learner": {"encoder": nn.Identity()}})
