@@ -142,8 +142,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def evaluate_learner(learner: nn.Module, sampler: EpisodeSampler, episodes: int, *,
-                     device: torch.device | str = "cpu", progress: bool = False) -> EvalResult:
-    """Accuracy +- 95% CI of ``learner.classify`` over ``episodes`` episodes, in eval mode."""
+                     device: torch.device | str | None = None,
+                     progress: bool = False) -> EvalResult:
+    """Accuracy +- 95% CI of ``learner.classify`` over ``episodes`` episodes, in eval mode.
+
+    ``device`` defaults to where the learner's parameters are, so a model trained on a
+    GPU is evaluated there.
+    """
+    if device is None:
+        device = next(learner.parameters()).device
     was_training = learner.training
     learner.to(device).eval()
     try:

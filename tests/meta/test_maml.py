@@ -137,6 +137,31 @@ def test_sinusoid_regression_mse():
     assert maml.classify(batch[0]).shape == (10, 1)
 
 
+def test_zero_inner_steps_is_joint_training():
+    # inner_steps=0 in training: theta' = theta, so the meta-loss is plain regression on all
+    # tasks, Finn et al.'s "pretrained" baseline (sec. 5.1, book chapter 3); test-time steps
+    # still adapt with the same SGD.
+    torch.manual_seed(0)
+    model = MLP(1, hidden=(8,), out_features=1).double()
+    g = _seeded(2)
+    x = 10 * torch.rand(3, 10, 1, generator=g, dtype=torch.float64) - 5
+    y = 2.0 * torch.sin(x[..., 0] - 1.0)  # (T, 10)
+    batch = TaskBatch(x[:, :5], y[:, :5], x[:, 5:], y[:, 5:])
+    config = MAMLConfig(inner_lr=0.01, inner_steps=0, inner_steps_test=2, loss="mse")
+    loss, _ = MAML(model, config).meta_loss(batch)
+    joint = F.mse_loss(model(batch.query_x.flatten(0, 1))[:, 0], batch.query_y.flatten())
+    torch.testing.assert_close(loss, joint)
+    task = batch[0]
+
+    def loss_of(p):
+        return (functional_call(model, p, (task.support_x,))[:, 0] - task.support_y).square().mean()
+
+    fast = _sgd(_leaves(model), loss_of, 0.01, 2)
+    torch.testing.assert_close(
+        MAML(model, config).classify(task), functional_call(model, fast, (task.query_x,)).detach()
+    )
+
+
 # ---------------------------------------------------------------- meta-gradients
 
 
