@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,3 +27,16 @@ def omniglot_root() -> Path:
             "holding omniglot/images_background.npz and images_evaluation.npz to run this test"
         )
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one intra-op thread and restore the setting afterwards.
+
+    The training tests use tiny models; on a shared 2-core machine two threads spin-wait on
+    each other and ran 4-10x slower than one.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,13 +22,8 @@ WAYS, SHOTS, QUERIES, TASKS = 3, 2, 2, 3
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny: on a shared 2-core machine intra-op threads only add contention
-    # (a Conv-4 step measured ~10x slower with 2 threads under load than with 1).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test here runs its tiny models on one thread (see tests/conftest.py)."""
 
 
 def _seeded(seed: int = 0) -> torch.Generator:

@@ -18,6 +18,7 @@ from companion.meta.matching import (
     matching_log_probs,
 )
 from companion.nets import Conv4
+from tests.meta.conftest import meta_train
 
 
 def seeded(make, seed=0):
@@ -166,16 +167,6 @@ def test_errors_name_what_was_given() -> None:
         MatchingNet(nn.Identity()).meta_loss(episode)
 
 
-@pytest.fixture
-def one_thread():
-    """Train on one intra-op thread: on a shared 2-core machine two threads spin-wait on
-    each other and run 4-10x slower than one; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_short_training_beats_pixel_nearest_neighbour(one_thread) -> None:
     # 60 steps of 5-way 1-shot, 3 queries, meta-batch 4 (~5 s): test accuracy ~64% against
@@ -186,13 +177,7 @@ def test_short_training_beats_pixel_nearest_neighbour(one_thread) -> None:
     net = seeded(lambda: MatchingNet(Conv4(hidden=32)))
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
     sampler = EpisodeSampler(train, ways=5, shots=1, queries=3, seed=0)
-    losses = []
-    for _ in range(60):
-        loss, _ = net.meta_loss(sampler.sample_batch(4))
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = meta_train(net, optimiser, sampler, steps=60, tasks=4)
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < first - 0.1, (first, last)
 

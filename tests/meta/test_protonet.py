@@ -11,6 +11,7 @@ from companion.data import Episode, EpisodeSampler, TaskBatch, load_dataset
 from companion.evaluate import evaluate_episodes, pixel_nearest_neighbour
 from companion.meta.protonet import ProtoNet, ProtoNetConfig, protonet_logits, prototypes
 from companion.nets import Conv4
+from tests.meta.conftest import meta_train
 
 
 def class_first(ways: int, shots: int) -> torch.Tensor:
@@ -148,16 +149,6 @@ def test_errors_name_what_was_given() -> None:
         net.classify(TaskBatch.stack([episode]))
 
 
-@pytest.fixture
-def one_thread():
-    """Train on one intra-op thread: on a shared 2-core machine two threads spin-wait on
-    each other and run 4-10x slower than one; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_short_training_beats_pixel_nearest_neighbour(one_thread) -> None:
     # 60 steps of 5-way 1-shot, 3 queries, meta-batch 4 (~5 s): test accuracy ~72% against
@@ -167,13 +158,7 @@ def test_short_training_beats_pixel_nearest_neighbour(one_thread) -> None:
     net = seeded(lambda: ProtoNet(Conv4(hidden=32)))
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
     sampler = EpisodeSampler(train, ways=5, shots=1, queries=3, seed=0)
-    losses = []
-    for _ in range(60):
-        loss, _ = net.meta_loss(sampler.sample_batch(4))
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = meta_train(net, optimiser, sampler, steps=60, tasks=4)
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.6 * first, (first, last)
 
