@@ -16,8 +16,8 @@ gradient is the method's meta-update direction, so one loop trains them all::
 optimizer, scheduler and gradient-scaler states, the step, the random states (PyTorch's
 CPU generator, the sampler's and the learner's ``torch.Generator``, CUDA's when used), the
 history so far, the config and a plain-data ``spec`` saying how to rebuild the learner. It
-contains only tensors and plain containers, so it loads with ``torch.load(path,
-weights_only=True)`` (no code runs on load). It is written to a temporary file in the same
+contains only tensors and plain containers, so it loads with ``weights_only=True``
+(``torch.load`` then runs no code from the file). It is written to a temporary file in the same
 folder, then renamed over the old one (``os.replace``), so a crash while saving leaves the
 previous checkpoint whole. Because everything that steers the run is restored, a run
 stopped after step ``k`` and resumed ends with the same parameters, bit for bit on a CPU,
