@@ -86,6 +86,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from companion.data.episodes import Episode, TaskBatch
+from companion.meta.protonet import prototypes
 
 Params = dict[str, torch.Tensor]
 LOSSES = ("cross_entropy", "mse")
@@ -384,7 +385,7 @@ class ProtoMAML(_InnerLoopLearner):
 
     def _adapt(self, params, x, y, steps, create_graph):
         z = functional_call(self.encoder, params, (x,))  # (N*K, D), class-first
-        c = z.view(self.ways, -1, z.shape[-1]).mean(1)  # (N, D) prototypes
+        c = prototypes(z, self.ways)  # (N, D), Snell et al. eq. 1
         params = {**params, "head.weight": 2 * c, "head.bias": -c.square().sum(-1)}
         cfg = self.config
         if cfg.adapt == "all":

@@ -7,11 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from companion.data import Episode, EpisodeSampler, TaskBatch, load_dataset
-from companion.evaluate import evaluate_episodes, pixel_nearest_neighbour
+from companion.data import Episode, TaskBatch
 from companion.meta.protonet import ProtoNet, ProtoNetConfig, protonet_logits, prototypes
 from companion.nets import Conv4
-from tests.meta.conftest import meta_train
+from tests.meta.conftest import short_glyph_run
 
 
 def class_first(ways: int, shots: int) -> torch.Tensor:
@@ -153,18 +152,7 @@ def test_errors_name_what_was_given() -> None:
 def test_short_training_beats_pixel_nearest_neighbour(one_thread) -> None:
     # 60 steps of 5-way 1-shot, 3 queries, meta-batch 4 (~5 s): test accuracy ~72% against
     # 53% for pixel 1-NN on the same 50 episodes.
-    train = load_dataset("glyphs", "train", alphabets=6)
-    test = load_dataset("glyphs", "test")
-    net = seeded(lambda: ProtoNet(Conv4(hidden=32)))
-    optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
-    sampler = EpisodeSampler(train, ways=5, shots=1, queries=3, seed=0)
-    losses = meta_train(net, optimiser, sampler, steps=60, tasks=4)
+    losses, learned, pixels = short_glyph_run(seeded(lambda: ProtoNet(Conv4(hidden=32))))
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.6 * first, (first, last)
-
-    def episodes():
-        return EpisodeSampler(test, ways=5, shots=1, queries=5, seed=1)
-
-    learned = evaluate_episodes(net.classify, episodes(), 50)
-    pixels = evaluate_episodes(pixel_nearest_neighbour, episodes(), 50)
     assert learned.accuracy > pixels.accuracy + 0.1, (str(learned), str(pixels))
