@@ -9,7 +9,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from companion.nets import MLP, NORMS, BatchNorm, Conv4, ResNet12, linear_head, make_norm
+from companion.nets import (
+    MLP,
+    NORMS,
+    BatchNorm,
+    Conv4,
+    ResNet12,
+    batch_norm_ops,
+    linear_head,
+    make_norm,
+)
 
 
 def _seeded(seed: int = 0) -> torch.Generator:
@@ -132,7 +141,8 @@ def test_batchnorm_matches_torch(shape):
     torch.testing.assert_close(ours.eval()(x), y2.detach())
 
 
-def test_batchnorm_gradcheck():
+@pytest.mark.parametrize("path", ["fused", "ops"])
+def test_batchnorm_gradcheck(path):
     g = _seeded(2)
     x = torch.randn(3, 2, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
@@ -140,10 +150,45 @@ def test_batchnorm_gradcheck():
     bn = BatchNorm(2).double()
 
     def f(x, w, b):
+        if path == "ops":
+            return batch_norm_ops(x, w, b, bn.eps)
         return functional_call(bn, {"weight": w, "bias": b}, (x,))
 
     assert torch.autograd.gradcheck(f, (x, w, b))
     assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+def test_batchnorm_ops_match_fused_and_run_under_vmap(monkeypatch):
+    g = _seeded(3)
+    x = torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64) * 2 - 1
+    bn = BatchNorm(3).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    torch.testing.assert_close(batch_norm_ops(x, bn.weight, bn.bias, bn.eps), bn(x))
+    torch.testing.assert_close(batch_norm_ops(x, None, None, 1e-5), BatchNorm(3, affine=False)(x))
+    calls = []
+
+    def spy(*args):
+        calls.append(torch._C._functorch.get_interpreter_stack())
+        return batch_norm_ops(*args)
+
+    monkeypatch.setattr("companion.nets.batch_norm_ops", spy)
+    bn(x)
+    assert calls == []  # outside vmap: the fused kernel
+    out = vmap(bn)(torch.stack([x, 2 * x]))
+    assert len(calls) == 1  # under vmap: the tensor ops
+    torch.testing.assert_close(out[1], bn(2 * x))
+
+
+def test_relu_commutes_with_max_pool():
+    # Conv-4 and ResNet-12 pool before the activation; the papers' order gives the same.
+    x = torch.randn(2, 3, 8, 8, generator=_seeded(4), dtype=torch.float64, requires_grad=True)
+    for act in (F.relu, lambda h: F.leaky_relu(h, 0.1)):
+        a, b = act(F.max_pool2d(x, 2)), F.max_pool2d(act(x), 2)
+        torch.testing.assert_close(a, b)
+        upstream = torch.randn(a.shape, generator=_seeded(5), dtype=torch.float64)
+        ga, gb = (torch.autograd.grad((y * upstream).sum(), x)[0] for y in (a, b))
+        torch.testing.assert_close(ga, gb)
 
 
 # ---------------------------------------------------------------- MAML under vmap
