@@ -7,6 +7,11 @@ Examples::
     python -m companion data episode glyphs --ways 5 --shots 1 --out episode.png
     python -m companion train protonet --dataset glyphs --ways 5 --shots 1 --profile cpu
     python -m companion eval --checkpoint runs/protonet-glyphs-5w1s/checkpoint.pt
+    python -m companion train maml --dataset omniglot --rotations --set inner_steps_test=10
+
+``--set FIELD=VALUE`` (repeatable) sets a field of the method's config dataclass
+(``MAMLConfig``, ``ProtoNetConfig``, ...); at ``eval`` it overrides the trained value (test-time
+fields such as ``inner_steps_test``; fields that change the weights' shapes are refused).
 
 ``train`` meta-trains on the dataset's training split, validates on its validation split,
 leaves ``checkpoint.pt`` and ``metrics.json`` in ``--out`` (it resumes from a checkpoint
@@ -22,6 +27,7 @@ status 2.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 from collections.abc import Sequence
@@ -78,6 +84,24 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be zero or more; got {value}")
     return value
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    """``FIELD=VALUE`` -> ``(FIELD, VALUE)``; VALUE is a Python literal or else a string."""
+    field, sep, value = text.partition("=")
+    if not sep or not field.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, e.g. inner_steps_test=5; "
+                                         f"got {text!r}")
+    try:
+        return field, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return field, value  # a bare word: a string such as cosine or head
+
+
+def _config_overrides(method: str, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    overrides = dict(pairs)
+    methods.check_config_fields(method, overrides)
+    return overrides
 
 
 def _data_info(args: argparse.Namespace) -> int:
@@ -176,7 +200,9 @@ def _train(args: argparse.Namespace) -> int:
                          val_episodes=min(100, profile.eval_episodes), checkpoint_every=every,
                          seed=args.seed, device=args.device, amp=args.amp)
     learner_spec = {"method": args.method, "ways": args.ways, "image_size": profile.image_size,
-                    "in_channels": train.dataset.image_shape[0], "width": profile.width}
+                    "in_channels": train.dataset.image_shape[0],
+                    "width": args.width or profile.width,
+                    **_config_overrides(args.method, args.set)}
     if args.method == "reptile":
         learner_spec["seed"] = args.seed  # Reptile's own inner-minibatch generator
     with torch.random.fork_rng(devices=[]):  # the initial weights follow --seed
@@ -210,6 +236,7 @@ def _eval(args: argparse.Namespace) -> int:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ValueError(f"{path} is not a checkpoint written by `python -m companion train` "
                          f"({type(err).__name__}: {first_line})") from err
+    learner_spec = {**learner_spec, **_config_overrides(learner_spec["method"], args.set)}
     changed = {k: getattr(args, k) for k in ("dataset", "ways", "shots", "queries")
                if getattr(args, k) is not None}
     trained_ways = learner_spec["ways"]
@@ -224,7 +251,11 @@ def _eval(args: argparse.Namespace) -> int:
     seed = data["seed"] if args.seed is None else args.seed
     sampler = _sampler(data, split, args.root, seed=seed)
     learner = methods.build_learner(**learner_spec)
-    learner.load_state_dict(state["model"])
+    try:
+        learner.load_state_dict(state["model"])
+    except RuntimeError as err:  # e.g. --set full_context=True on a net trained without
+        raise ValueError(f"the checkpoint's weights do not fit {learner_spec['method']} with "
+                         f"--set {args.set}: {str(err).splitlines()[0]}") from err
     generator = getattr(learner, "generator", None)  # as fit left it (e.g. Reptile's)
     if isinstance(generator, torch.Generator) and state["rng"]["learner"] is not None:
         generator.set_state(state["rng"]["learner"])
@@ -280,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=None, help="default: the method's")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
     train.add_argument("--schedule", choices=SCHEDULES, default=None)
+    train.add_argument("--width", type=_positive, default=None,
+                       help="filters per Conv-4 block (default: the profile's)")
     train.add_argument("--val-every", type=_positive, default=None)
     train.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     train.add_argument("--restart", action="store_true",
@@ -309,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
         p.add_argument("--root", default=None, help="data folder (default: $COMPANION_DATA)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--set", type=_assignment, action="append", default=[],
+                       metavar="FIELD=VALUE",
+                       help="a field of the method's config (repeatable), e.g. --set "
+                            "inner_steps_test=10 for maml; at eval it overrides the trained one")
     return parser
 
 

@@ -14,6 +14,7 @@ outputs on it.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from torch import nn
@@ -37,6 +38,34 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "reptile": {"optimizer": "sgd", "lr": 1.0, "schedule": "linear"},
 }
 """Training-loop settings (fields of :class:`companion.train.TrainConfig`) per method."""
+
+
+def config_class(method: str) -> type:
+    """The config dataclass whose fields ``build_learner(method, **kwargs)`` accepts.
+
+    Raises:
+        ValueError: unknown ``method``.
+    """
+    if method in ("protonet",):
+        from companion.meta.protonet import ProtoNetConfig as config
+    elif method == "matchingnet":
+        from companion.meta.matching import MatchingConfig as config
+    elif method in ("maml", "fomaml", "anil", "protomaml"):
+        from companion.meta.maml import MAMLConfig as config
+    elif method == "reptile":
+        from companion.meta.reptile import ReptileConfig as config
+    else:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    return config
+
+
+def check_config_fields(method: str, fields: dict[str, Any]) -> None:
+    """Raise a ``ValueError`` naming the allowed fields if ``fields`` has an unknown one."""
+    allowed = sorted(f.name for f in dataclasses.fields(config_class(method)))
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise ValueError(f"{method} has no config field {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(allowed)}")
 
 
 def conv4(in_channels: int, width: int) -> Conv4:

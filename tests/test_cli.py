@@ -143,6 +143,10 @@ def test_train_then_eval_reproduces_the_accuracy(tmp_path, monkeypatch, capsys) 
         (["eval", "--checkpoint", "missing/checkpoint.pt"], "no checkpoint at missing"),
         (["eval", "--checkpoint", "metrics.json"], "is not a checkpoint written by"),
         (["eval", "--checkpoint", "maml.pt", "--ways", "3"], "tests only on 5-way episodes"),
+        (["train", "maml", "--set", "inner_step=2"],
+         "maml has no config field 'inner_step'; allowed: adapt, first_order, inner_lr"),
+        (["eval", "--checkpoint", "maml.pt", "--set", "metric=cosine"],
+         "maml has no config field 'metric'"),
     ],
 )
 def test_bad_train_and_eval_requests_exit_2(argv, message, tmp_path, monkeypatch,
@@ -164,3 +168,23 @@ def test_train_argument_errors_exit_2(capsys) -> None:
         main(["train", "protonet", "--shots", "0"])
     assert exit_info.value.code == 2
     assert "must be a positive integer" in capsys.readouterr().err
+
+
+def test_set_overrides_a_config_field_in_train_and_eval(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "maml", "--dataset", "digits", "--ways", "3", "--queries", "2",
+            "--profile", "smoke", "--steps", "2", "--meta-batch", "2", "--episodes", "4",
+            "--width", "4", "--set", "inner_steps_test=2", "--set", "first_order=True",
+            "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    spec = torch.load(out / "checkpoint.pt", weights_only=True)["spec"]["learner"]
+    assert (spec["width"], spec["inner_steps_test"], spec["first_order"]) == (4, 2, True)
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--episodes", "4",
+                 "--set", "inner_steps_test=0", "--quiet"]) == 0
+    assert "maml on digits/test, 3-way 1-shot: accuracy = " in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--episodes", "4",
+                 "--set", "inner_lr=-1", "--quiet"]) == 2
+    assert "inner_lr must be a positive number; got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "maml", "--set", "inner_steps_test"])
+    assert "expected FIELD=VALUE" in capsys.readouterr().err
