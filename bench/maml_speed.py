@@ -129,12 +129,22 @@ def make_steps(model: nn.Module, batch: TaskBatch, config: MAMLConfig):
 
 
 def gradient_gap(maml: MAML, loop_model: nn.Module, batch: TaskBatch, lr: float) -> float:
-    """max |meta-gradient of the package - of the l2l-style loop| at the same weights."""
-    loss, _ = maml.meta_loss(batch)
-    ours = torch.autograd.grad(loss, list(maml.parameters()))
-    theirs = torch.autograd.grad(
-        l2l_style_meta_loss(loop_model, batch, lr), list(loop_model.parameters())
-    )
+    """max |meta-gradient of the package - of the l2l-style loop| at the same weights.
+
+    TF32 is switched off for the check: cuDNN convolutions use it by default on Ampere and
+    later GPUs, and its 10-bit mantissa alone makes the two differ by ~1e-2 (~1e-4 without).
+    The timings below run with PyTorch's defaults.
+    """
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        loss, _ = maml.meta_loss(batch)
+        ours = torch.autograd.grad(loss, list(maml.parameters()))
+        theirs = torch.autograd.grad(
+            l2l_style_meta_loss(loop_model, batch, lr), list(loop_model.parameters())
+        )
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
     return max((a - b).abs().max().item() for a, b in zip(ours, theirs, strict=True))
 
 
