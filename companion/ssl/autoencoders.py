@@ -1,0 +1,396 @@
+r"""Autoencoders: plain, denoising (Vincent et al., 2008) and variational (Kingma & Welling, 2014).
+
+An **autoencoder** trains an encoder :math:`f` (images to vectors, ``h = f(x)``) together
+with a decoder :math:`g` that must rebuild the image from ``h``. Our :class:`Decoder`
+returns logits ``a = g(h)``; the reconstruction is :math:`\hat x = \sigma(a)`. For ink in
+``[0, 1]`` the loss is the *reconstruction cross-entropy* of Vincent et al. (sec. 2.2),
+summed over the ``d`` pixels of an image and averaged over the batch,
+
+.. math:: L_H(x, \hat x) = -\sum_{i=1}^d \big[x_i \log \hat x_i + (1 - x_i)\log(1 - \hat x_i)\big],
+
+computed from the logits for stability; ``reconstruction="mse"`` uses the squared error
+:math:`\lVert x - \hat x\rVert^2` instead.
+
+**Denoising** (Vincent et al., 2008, sec. 2.3). A bottleneck is not needed if the encoder
+must undo a corruption :math:`\tilde x \sim q_D(\tilde x \mid x)`: the loss is
+:math:`L_H(x, \sigma(g(f(\tilde x))))`, the *clean* image as target. Masking noise, the
+paper's, zeroes a fixed number :math:`\nu d` of randomly chosen pixels of every image;
+``noise="gaussian"`` adds :math:`\mathcal N(0, \nu^2)` to every pixel (Vincent et al., 2010).
+
+**Variational** (Kingma & Welling, 2014). Two linear heads on the encoder's features give
+the approximate posterior :math:`q_\phi(z \mid x) = \mathcal N(\mu, \operatorname{diag}
+\sigma^2)`; a sample is reparameterised, :math:`z = \mu + \sigma \odot \epsilon` with
+:math:`\epsilon \sim \mathcal N(0, I)` (sec. 2.4), so gradients reach :math:`\mu` and
+:math:`\log \sigma^2`. With prior :math:`p(z) = \mathcal N(0, I)` and a Bernoulli decoder
+(appendix C.1), one sample per image gives the estimator of eq. 10,
+
+.. math:: \mathcal L(x) = \underbrace{\tfrac12 \sum_{j=1}^J \big(1 + \log\sigma_j^2 -
+   \mu_j^2 - \sigma_j^2\big)}_{-D_{KL}(q_\phi(z|x)\,\|\,p(z)) \text{ (appendix B)}}
+   + \log p_\theta(x \mid z), \qquad \log p_\theta(x \mid z) = -L_H(x, \sigma(g(z))).
+
+:class:`VAE` minimises :math:`-\mathcal L` averaged over images; ``beta`` weights the KL
+term (beta-VAE, Higgins et al., 2017; 1 is the ELBO). Glyph ink is grey at stroke edges,
+and a Bernoulli "likelihood" of a non-binary ``x`` is not normalised (Loaiza-Ganem &
+Cunningham, 2019), so the ELBO is then a training objective, not a bound on a density.
+
+References:
+    Vincent, Larochelle, Bengio & Manzagol, *Extracting and Composing Robust Features with
+    Denoising Autoencoders*, ICML 2008. Vincent et al., *Stacked Denoising Autoencoders*,
+    JMLR 2010. Kingma & Welling, *Auto-Encoding Variational Bayes*, ICLR 2014. Higgins et
+    al., *beta-VAE*, ICLR 2017. Loaiza-Ganem & Cunningham, *The continuous Bernoulli*,
+    NeurIPS 2019.
+
+Example:
+    >>> gaussian_kl(torch.zeros(2, 3), torch.zeros(2, 3))  # q = p
+    tensor([0., 0.])
+    >>> Decoder(8, image_size=28)(torch.zeros(5, 8)).shape
+    torch.Size([5, 1, 28, 28])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RECONSTRUCTIONS = ("bce", "mse")
+NOISES = ("mask", "gaussian")
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Hyper-parameters of :class:`Autoencoder`."""
+
+    reconstruction: str = "bce"  # cross-entropy for [0, 1] inputs (Vincent et al., sec. 2.2)
+
+    def __post_init__(self) -> None:
+        _check_choice(self.reconstruction, RECONSTRUCTIONS, "reconstruction")
+
+
+@dataclass(frozen=True)
+class DenoisingConfig:
+    """Hyper-parameters of :class:`DenoisingAutoencoder`; the paper picks ``nu`` by validation."""
+
+    reconstruction: str = "bce"  # cross-entropy, as in the paper
+    noise: str = "mask"  # masking noise (sec. 2.3), or "gaussian" (Vincent et al., 2010)
+    level: float = 0.25  # nu: fraction of pixels zeroed (paper's range 0-50%) or Gaussian std
+
+    def __post_init__(self) -> None:
+        _check_choice(self.reconstruction, RECONSTRUCTIONS, "reconstruction")
+        _check_choice(self.noise, NOISES, "noise")
+        if not (0 < self.level < 1 if self.noise == "mask" else self.level > 0):
+            allowed = "in (0, 1) for masking noise" if self.noise == "mask" else "positive"
+            raise ValueError(f"level must be {allowed}; got {self.level!r}")
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Hyper-parameters of :class:`VAE`; one sample ``z`` per image (L = 1, as in sec. 2.3)."""
+
+    latent_dim: int = 20  # J; the paper shows 3 to 200 on MNIST (fig. 2)
+    beta: float = 1.0  # weight of the KL term; 1 is the ELBO, > 1 is a beta-VAE
+
+    def __post_init__(self) -> None:
+        _check_width(self.latent_dim, "latent_dim")
+        if not self.beta >= 0:
+            raise ValueError(f"beta must be >= 0; got {self.beta!r}")
+
+
+def _check_choice(value: str, allowed: tuple[str, ...], name: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _check_width(width: object, name: str) -> None:
+    if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
+        raise ValueError(f"{name} must be a positive int; got {width!r}")
+
+
+def _size_pair(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if min(h, w) < 4:
+        raise ValueError(f"image_size must be at least 4x4; got {image_size!r}")
+    return h, w
+
+
+class Decoder(nn.Module):
+    """A small conv decoder ``(B, D) -> (B, C, H, W)`` logits; mirrors Conv4 at 28x28.
+
+    A linear layer to ``hidden`` maps of a quarter of the image side (7x7 at 28x28), then
+    twice a nearest-neighbour upsampling and a 3x3 convolution (upsample + conv rather than
+    transposed convolutions avoids checkerboard artefacts), then a 3x3 convolution to
+    ``out_channels``. Any ``H, W >= 4`` works: the upsampling targets exact sizes.
+
+    Args:
+        in_features: the code dimension ``D`` (encoder features or a VAE's latent ``J``).
+        out_channels: channels ``C`` of the images.
+        image_size: ``H`` (square) or ``(H, W)``.
+        hidden: channels of the feature maps.
+
+    Shape:
+        - h: ``(B, in_features)``
+        - returns: ``(B, out_channels, H, W)`` logits (apply a sigmoid for pixel values)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_channels: int = 1,
+        image_size: int | tuple[int, int] = 28,
+        hidden: int = 32,
+    ) -> None:
+        super().__init__()
+        _check_width(in_features, "in_features")
+        _check_width(out_channels, "out_channels")
+        _check_width(hidden, "hidden")
+        h, w = _size_pair(image_size)
+        self.in_features = in_features
+        self.image_shape = (out_channels, h, w)
+        self.layers = nn.Sequential(
+            nn.Linear(in_features, hidden * math.ceil(h / 4) * math.ceil(w / 4)),
+            nn.Unflatten(1, (hidden, math.ceil(h / 4), math.ceil(w / 4))),  # (B, hidden, H/4, W/4)
+            nn.ReLU(),
+            nn.Upsample(size=(math.ceil(h / 2), math.ceil(w / 2))),  # (B, hidden, H/2, W/2)
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Upsample(size=(h, w)),  # (B, hidden, H, W)
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, out_channels, 3, padding=1),  # (B, C, H, W)
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if h.ndim != 2 or h.shape[1] != self.in_features:
+            raise ValueError(f"Decoder expects codes (B, {self.in_features}); got {tuple(h.shape)}")
+        return self.layers(h)
+
+
+def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """Per-image reconstruction loss: ``L_H`` (``"bce"``) or squared error of ``sigmoid(logits)``.
+
+    Shape:
+        - logits, x: ``(B, C, H, W)``, ``x`` in ``[0, 1]``
+        - returns: ``(B,)``, summed over the pixels of each image
+    """
+    _check_choice(kind, RECONSTRUCTIONS, "reconstruction")
+    if logits.shape != x.shape:
+        raise ValueError(
+            f"decoder output {tuple(logits.shape)} must match the images {tuple(x.shape)}"
+        )
+    if kind == "bce":
+        per_pixel = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    else:
+        per_pixel = (torch.sigmoid(logits) - x).square()
+    return per_pixel.flatten(1).sum(1)
+
+
+def corrupt(x: torch.Tensor, noise: str, level: float, generator: torch.Generator) -> torch.Tensor:
+    """Draw ``x_tilde ~ q_D(x_tilde | x)``: masking noise zeroes ``round(level * d)`` pixels
+    chosen at random in each image (Vincent et al., sec. 2.3); Gaussian noise adds
+    ``level * eps``. The noise comes from ``generator`` (on any device) and is moved to ``x``.
+
+    Shape:
+        - x: ``(B, C, H, W)``; returns: same shape
+    """
+    _check_choice(noise, NOISES, "noise")
+    if not (0 <= level <= 1 if noise == "mask" else level >= 0):
+        raise ValueError(
+            f"level must be in [0, 1] for masking noise, >= 0 for Gaussian; got {level!r}"
+        )
+    if noise == "gaussian":
+        return x + level * _draw(torch.randn, x.shape, generator, x)
+    flat = x.flatten(1)  # (B, d)
+    destroyed = round(level * flat.shape[1])
+    scores = _draw(torch.rand, flat.shape, generator, x)
+    keep = torch.ones_like(flat).scatter(1, scores.topk(destroyed, dim=1).indices, 0.0)
+    return (flat * keep).view_as(x)
+
+
+def _draw(
+    sampler: Callable[..., torch.Tensor],
+    shape: torch.Size,
+    generator: torch.Generator,
+    like: torch.Tensor,
+) -> torch.Tensor:
+    """``sampler(shape)`` from ``generator`` on its device, then moved to ``like``'s device."""
+    values = sampler(shape, generator=generator, device=generator.device, dtype=like.dtype)
+    return values.to(like.device)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """``D_KL(N(mu, diag exp(logvar)) || N(0, I))`` in closed form (appendix B), per sample.
+
+    Shape:
+        - mu, logvar: ``(B, J)``; returns: ``(B,)``, summed over the ``J`` latent dimensions
+    """
+    return 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(-1)  # (B, J) -> (B,)
+
+
+def reparameterise(
+    mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """``z = mu + sigma * eps``, ``eps ~ N(0, I)`` from ``generator`` (sec. 2.4).
+
+    Shape:
+        - mu, logvar: ``(B, J)``; returns: ``(B, J)``
+    """
+    eps = _draw(torch.randn, mu.shape, generator, mu)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+def elbo(
+    logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one-sample ELBO of eq. 10 with a Bernoulli decoder, and its two terms.
+
+    Args:
+        logits: decoder output ``g(z)`` for a sample ``z ~ q(z | x)``.
+        x: the images, in ``[0, 1]``.
+        mu, logvar: the parameters of ``q(z | x)``.
+        beta: weight of the KL term (1: the ELBO).
+
+    Shape:
+        - logits, x: ``(B, C, H, W)``; mu, logvar: ``(B, J)``
+        - returns: ``(elbo, log_px, kl)``, each ``(B,)``: ``elbo = log_px - beta * kl``
+    """
+    log_px = -reconstruction_loss(logits, x, "bce")  # log p(x | z), summed over pixels
+    kl = gaussian_kl(mu, logvar)
+    return log_px - beta * kl, log_px, kl
+
+
+class Autoencoder(nn.Module):
+    """``x -> h = encoder(x) -> logits = decoder(h)``, trained to reconstruct ``x``.
+
+    Shape:
+        - x: ``(B, C, H, W)`` in ``[0, 1]``; ``loss`` returns a scalar and ``{"loss"}``
+    """
+
+    views = 1  # loss(x): one (optionally augmented) batch of images
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        config: AutoencoderConfig = AutoencoderConfig(),
+    ) -> None:
+        super().__init__()
+        if not isinstance(config, AutoencoderConfig):
+            raise TypeError(f"config must be an AutoencoderConfig; got {type(config).__name__}")
+        self.encoder, self.decoder, self.config = encoder, decoder, config
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """``x_hat = sigmoid(decoder(encoder(x)))``, shape ``(B, C, H, W)``."""
+        return torch.sigmoid(self.decoder(self.encoder(x)))
+
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Reconstruction loss per image, averaged over the batch."""
+        logits = self.decoder(self.encoder(x))  # (B, C, H, W)
+        loss = reconstruction_loss(logits, x, self.config.reconstruction).mean()
+        return loss, {"loss": float(loss.detach())}
+
+    def after_step(self) -> None:
+        """Nothing to update after an optimiser step (no EMA state)."""
+
+
+class DenoisingAutoencoder(nn.Module):
+    """Reconstruct the clean ``x`` from ``x_tilde ~ q_D(x_tilde | x)`` (Vincent et al., 2008).
+
+    Args:
+        encoder, decoder: as for :class:`Autoencoder`.
+        config: noise type and level (:class:`DenoisingConfig`).
+        generator: draws the corruption; default a CPU generator seeded with 0.
+
+    Shape:
+        - x: ``(B, C, H, W)`` in ``[0, 1]``; ``loss`` returns a scalar and ``{"loss"}``
+    """
+
+    views = 1  # loss(x): one (optionally augmented) batch of images
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        config: DenoisingConfig = DenoisingConfig(),
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(config, DenoisingConfig):
+            raise TypeError(f"config must be a DenoisingConfig; got {type(config).__name__}")
+        self.encoder, self.decoder, self.config = encoder, decoder, config
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """``L(x, g(f(x_tilde)))`` per image, averaged over the batch; draws a fresh ``x_tilde``."""
+        x_tilde = corrupt(x, self.config.noise, self.config.level, self.generator)
+        logits = self.decoder(self.encoder(x_tilde))  # (B, C, H, W)
+        loss = reconstruction_loss(logits, x, self.config.reconstruction).mean()  # clean target
+        return loss, {"loss": float(loss.detach())}
+
+    def after_step(self) -> None:
+        """Nothing to update after an optimiser step (no EMA state)."""
+
+
+class VAE(nn.Module):
+    """A VAE around any encoder: linear heads to ``mu`` and ``log sigma^2``, a Bernoulli decoder.
+
+    Args:
+        encoder: features ``(B, C, H, W) -> (B, feature_dim)``.
+        decoder: latents ``(B, latent_dim) -> (B, C, H, W)`` logits, e.g. :class:`Decoder`.
+        feature_dim: the encoder's output dimension ``D``.
+        config: latent size and ``beta`` (:class:`VAEConfig`).
+        generator: draws ``eps``; default a CPU generator seeded with 0.
+
+    Example:
+        >>> from companion.nets import Conv4
+        >>> vae = VAE(Conv4(1, hidden=16), Decoder(20), feature_dim=16)  # J = 20 by default
+        >>> loss, logs = vae.loss(torch.rand(4, 1, 28, 28))
+        >>> sorted(logs), vae.decode(torch.zeros(2, 20)).shape
+        (['kl', 'loss', 'recon'], torch.Size([2, 1, 28, 28]))
+    """
+
+    views = 1  # loss(x): one (optionally augmented) batch of images
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        feature_dim: int,
+        config: VAEConfig = VAEConfig(),
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(config, VAEConfig):
+            raise TypeError(f"config must be a VAEConfig; got {type(config).__name__}")
+        _check_width(feature_dim, "feature_dim")
+        self.encoder, self.decoder, self.config = encoder, decoder, config
+        self.mu = nn.Linear(feature_dim, config.latent_dim)
+        self.logvar = nn.Linear(feature_dim, config.latent_dim)
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logvar)`` of ``q(z | x)``, each ``(B, J)``."""
+        h = self.encoder(x)  # (B, D)
+        return self.mu(h), self.logvar(h)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The Bernoulli means ``sigmoid(decoder(z))`` in ``[0, 1]``, ``(B, C, H, W)``."""
+        return torch.sigmoid(self.decoder(z))
+
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Negative ELBO per image (one ``z`` each), averaged; logs ``{"loss", "recon", "kl"}``."""
+        mu, logvar = self.encode(x)
+        z = reparameterise(mu, logvar, self.generator)  # (B, J)
+        bound, log_px, kl = elbo(self.decoder(z), x, mu, logvar, self.config.beta)
+        loss = -bound.mean()
+        return loss, {
+            "loss": float(loss.detach()),
+            "recon": float(-log_px.detach().mean()),
+            "kl": float(kl.detach().mean()),
+        }
+
+    def after_step(self) -> None:
+        """Nothing to update after an optimiser step (no EMA state)."""
