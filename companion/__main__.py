@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +45,8 @@ from companion.data import (
     ImageDataset,
     load_dataset,
 )
-from companion.evaluate import EvalResult
+from companion.data.batches import ImageBatchSampler
+from companion.evaluate import EvalResult, embed, knn_probe, linear_probe, split_per_class
 from companion.profiles import PROFILE_NAMES, get_profile
 from companion.train import (
     CHECKPOINT,
@@ -186,7 +188,12 @@ def _train(args: argparse.Namespace) -> int:
             "queries": args.queries, "image_size": profile.image_size,
             "rotations": args.rotations, "glyph_alphabets": profile.glyph_alphabets,
             "seed": args.seed}
-    train = _sampler(data, train_split, args.root, seed=args.seed, training=True)
+    ssl = args.method in methods.SSL_METHODS
+    if ssl:  # unlabeled batches; the episodes below test the few-shot probe
+        train = ImageBatchSampler(_load(data, train_split, args.root, training=True),
+                                  seed=args.seed)
+    else:
+        train = _sampler(data, train_split, args.root, seed=args.seed, training=True)
     val = _sampler(data, val_split, args.root, seed=args.seed) if val_split else None
     test = None if args.no_eval else _sampler(data, test_split, args.root, seed=args.seed)
 
@@ -195,7 +202,8 @@ def _train(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in {"lr": args.lr, "optimizer": args.optimizer,
                                   "schedule": args.schedule}.items() if v is not None}
     config = TrainConfig(**{**methods.TRAINING_DEFAULTS[args.method], **settings},
-                         steps=steps, meta_batch=args.meta_batch or profile.meta_batch,
+                         steps=steps, meta_batch=args.meta_batch or (
+                             profile.batch_size if ssl else profile.meta_batch),
                          log_every=max(1, steps // 50), val_every=every,
                          val_episodes=min(100, profile.eval_episodes), checkpoint_every=every,
                          seed=args.seed, device=args.device, amp=args.amp)
@@ -203,8 +211,8 @@ def _train(args: argparse.Namespace) -> int:
                     "in_channels": train.dataset.image_shape[0],
                     "width": args.width or profile.width,
                     **_config_overrides(args.method, args.set)}
-    if args.method == "reptile":
-        learner_spec["seed"] = args.seed  # Reptile's own inner-minibatch generator
+    if args.method == "reptile" or ssl:
+        learner_spec["seed"] = args.seed  # the learner's own generator (minibatches, views)
     with torch.random.fork_rng(devices=[]):  # the initial weights follow --seed
         torch.manual_seed(args.seed)
         learner = methods.build_learner(**learner_spec)
@@ -259,14 +267,45 @@ def _eval(args: argparse.Namespace) -> int:
     generator = getattr(learner, "generator", None)  # as fit left it (e.g. Reptile's)
     if isinstance(generator, torch.Generator) and state["rng"]["learner"] is not None:
         generator.set_state(state["rng"]["learner"])
+    out = Path(args.out) if args.out else path.parent
+    ssl = learner_spec["method"] in methods.SSL_METHODS
+    if args.probe != "fewshot":
+        if not ssl:
+            raise ValueError(f"--probe {args.probe} tests the encoder of a self-supervised "
+                             f"checkpoint; {learner_spec['method']} is a meta-learner (use "
+                             "--probe fewshot)")
+        return _probe(args.probe, learner, data, split, args, out, state)
     episodes = args.episodes or get_profile(args.profile).eval_episodes
     evaluation = _evaluate(learner, sampler, episodes, device=args.device, seed=seed,
                            quiet=args.quiet)
-    write_metrics(Path(args.out) if args.out else path.parent,
-                  TrainResult.from_checkpoint(state), evaluation, sampler)
+    write_metrics(out, TrainResult.from_checkpoint(state), evaluation, sampler,
+                  extra={"probe": "fewshot"} if ssl else None)
     print(f"{learner_spec['method']} on {data['dataset']}/{split}, {data['ways']}-way "
           f"{data['shots']}-shot: accuracy = {evaluation}")
     return 0
+
+
+def _probe(probe: str, learner: torch.nn.Module, data: dict[str, Any], split: str,
+           args: argparse.Namespace, out: Path, state: dict[str, Any]) -> int:
+    """Linear or kNN probe of a self-supervised encoder on the classes of ``split``: each
+    class's first half of images trains the classifier, the second half tests it."""
+    dataset = _load(data, split, args.root)
+    train, test = split_per_class(dataset.labels)
+    encoder = learner.encoder.to(resolve_device(args.device))
+    z, y = embed(encoder, dataset.images).cpu(), dataset.labels
+    score = linear_probe if probe == "linear" else knn_probe
+    accuracy = score(z[train], y[train], z[test], y[test])
+    ci95 = 1.96 * math.sqrt(accuracy * (1 - accuracy) / len(test))  # binomial, normal approx.
+    evaluation = EvalResult(accuracy, ci95, 0, ())
+    extra = {"probe": probe, "dataset": data["dataset"], "split": split, "ways": None,
+             "shots": None, "queries": None, "classes": dataset.num_classes,
+             "test_images": len(test)}
+    write_metrics(out, TrainResult.from_checkpoint(state), evaluation, extra=extra)
+    print(f"{state['spec']['learner']['method']} on {data['dataset']}/{split}, {probe} probe over "
+          f"{dataset.num_classes} classes ({len(train)} training / {len(test)} test images): "
+          f"accuracy = {100 * accuracy:.2f} +- {100 * ci95:.2f} %")
+    return 0
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="omniglot: rotations by 90/180/270 degrees as new training classes")
     train.add_argument("--steps", type=_positive, default=None, help="default: the profile's")
     train.add_argument("--meta-batch", type=_positive, default=None,
-                       help="tasks per step (default: the profile's)")
+                       help="tasks per step, or images per step for a self-supervised "
+                            "method (default: the profile's meta_batch or batch_size)")
     train.add_argument("--lr", type=float, default=None, help="default: the method's")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
     train.add_argument("--schedule", choices=SCHEDULES, default=None)
@@ -332,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--queries", type=_positive, default=None)
     evaluate.add_argument("--out", default=None,
                           help="folder for metrics.json (default: the checkpoint's)")
+    evaluate.add_argument("--probe", choices=("fewshot", "linear", "knn"), default="fewshot",
+                          help="self-supervised checkpoints: few-shot episodes (default), or "
+                               "a linear / 20-NN classifier on the split's classes")
     evaluate.set_defaults(run=_eval)
     for p in (train, evaluate):
         p.add_argument("--episodes", type=_positive, default=None,

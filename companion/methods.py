@@ -17,11 +17,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
 from torch import nn
 
 from companion.nets import Conv4, linear_head
 
-METHODS = ("protonet", "matchingnet", "maml", "fomaml", "anil", "protomaml", "reptile")
+META_METHODS = ("protonet", "matchingnet", "maml", "fomaml", "anil", "protomaml", "reptile")
+SSL_METHODS = ("simclr", "moco", "byol", "simsiam", "barlow", "ae", "dae", "vae", "mae",
+               "rotation")
+"""Self-supervised methods: they train on unlabeled image batches and are tested with the
+few-shot probe (:class:`companion.ssl.learner.SelfSupervised`)."""
+METHODS = META_METHODS + SSL_METHODS
 
 FIXED_WAYS = ("maml", "fomaml", "anil", "protomaml", "reptile")
 """Methods whose classifier has exactly ``ways`` outputs: they test on ``ways``-way episodes."""
@@ -36,8 +42,22 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
        for m in ("maml", "fomaml", "anil", "protomaml")},
     # Nichol et al. 2018: plain SGD on the Reptile surrogate, epsilon annealed 1 -> 0.
     "reptile": {"optimizer": "sgd", "lr": 1.0, "schedule": "linear"},
+    # Self-supervised methods: Adam with a cosine decay, a common choice for small encoders
+    # (the papers use LARS or SGD with warm-up on ImageNet-sized batches).
+    **{m: {"optimizer": "adam", "lr": 1e-3, "schedule": "cosine"} for m in SSL_METHODS},
 }
 """Training-loop settings (fields of :class:`companion.train.TrainConfig`) per method."""
+
+SSL_HEADS: dict[str, dict[str, Any]] = {
+    "simclr": {"hidden_dim": 256, "out_dim": 128},
+    "moco": {"hidden_dim": 256, "out_dim": 128},
+    "byol": {"hidden_dim": 512, "out_dim": 128},
+    "simsiam": {"proj_dim": 512, "pred_hidden": 128},
+    "barlow": {"proj_dim": 512},
+}
+"""Projector widths for a Conv-4 encoder (64 features), in place of the papers' widths for a
+ResNet-50 (2,048 features: SimCLR 2048 -> 128, BYOL 4096 -> 256, Barlow Twins 3 x 8192),
+which would dwarf the encoder. ``--set`` overrides them."""
 
 
 def config_class(method: str) -> type:
@@ -46,17 +66,25 @@ def config_class(method: str) -> type:
     Raises:
         ValueError: unknown ``method``.
     """
-    if method in ("protonet",):
-        from companion.meta.protonet import ProtoNetConfig as config
-    elif method == "matchingnet":
-        from companion.meta.matching import MatchingConfig as config
-    elif method in ("maml", "fomaml", "anil", "protomaml"):
-        from companion.meta.maml import MAMLConfig as config
-    elif method == "reptile":
-        from companion.meta.reptile import ReptileConfig as config
-    else:
-        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
-    return config
+    if method == "protonet":
+        from companion.meta.protonet import ProtoNetConfig
+
+        return ProtoNetConfig
+    if method == "matchingnet":
+        from companion.meta.matching import MatchingConfig
+
+        return MatchingConfig
+    if method in ("maml", "fomaml", "anil", "protomaml"):
+        from companion.meta.maml import MAMLConfig
+
+        return MAMLConfig
+    if method == "reptile":
+        from companion.meta.reptile import ReptileConfig
+
+        return ReptileConfig
+    if method in SSL_METHODS:
+        return _ssl_parts(method)[1]
+    raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
 
 
 def check_config_fields(method: str, fields: dict[str, Any]) -> None:
@@ -127,4 +155,99 @@ def build_learner(method: str, *, ways: int, image_size: int, in_channels: int, 
         seed = kwargs.pop("seed", 0)
         return Reptile(conv4_classifier(ways, image_size, in_channels, width),
                        ReptileConfig(**kwargs), seed=seed)
+    if method in SSL_METHODS:
+        return build_self_supervised(method, image_size=image_size, in_channels=in_channels,
+                                     width=width, **kwargs)
     raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+
+
+def _ssl_parts(method: str) -> tuple[type, type]:
+    """(method class, config class) of a self-supervised method, imported on demand."""
+    if method == "simclr":
+        from companion.ssl.simclr import SimCLR, SimCLRConfig
+
+        return SimCLR, SimCLRConfig
+    if method == "moco":
+        from companion.ssl.moco import MoCo, MoCoConfig
+
+        return MoCo, MoCoConfig
+    if method == "byol":
+        from companion.ssl.byol import BYOL, BYOLConfig
+
+        return BYOL, BYOLConfig
+    if method == "simsiam":
+        from companion.ssl.byol import SimSiam, SimSiamConfig
+
+        return SimSiam, SimSiamConfig
+    if method == "barlow":
+        from companion.ssl.barlow import BarlowTwins, BarlowTwinsConfig
+
+        return BarlowTwins, BarlowTwinsConfig
+    if method == "ae":
+        from companion.ssl.autoencoders import Autoencoder, AutoencoderConfig
+
+        return Autoencoder, AutoencoderConfig
+    if method == "dae":
+        from companion.ssl.autoencoders import DenoisingAutoencoder, DenoisingConfig
+
+        return DenoisingAutoencoder, DenoisingConfig
+    if method == "vae":
+        from companion.ssl.autoencoders import VAE, VAEConfig
+
+        return VAE, VAEConfig
+    if method == "mae":
+        from companion.ssl.mae import MAE, MAEConfig
+
+        return MAE, MAEConfig
+    if method == "rotation":
+        from companion.ssl.pretext import RotationConfig, RotationPrediction
+
+        return RotationPrediction, RotationConfig
+    raise ValueError(f"unknown self-supervised method {method!r}; allowed: "
+                     f"{', '.join(SSL_METHODS)}")
+
+
+def build_self_supervised(method: str, *, image_size: int, in_channels: int, width: int,
+                          seed: int = 0, **kwargs: Any) -> nn.Module:
+    """A :class:`~companion.ssl.learner.SelfSupervised` learner around ``method``.
+
+    The encoder is Conv-4 with ``width`` filters (MAE: its own small ViT, sized by its
+    config); the augmentations are ``AugmentConfig.glyphs()`` for one-channel images and
+    ``AugmentConfig.rgb()`` otherwise, for the two-view methods and rotation prediction
+    (the autoencoders and MAE see the images as they are). One generator, seeded by
+    ``seed``, draws every random number (augmentations, noise, masks, the MoCo queue's
+    start), so a resumed run equals an uninterrupted one. ``kwargs`` are fields of the
+    method's config; :data:`SSL_HEADS` gives the projector widths unless they are set.
+    """
+    from companion.data.augment import AugmentConfig
+    from companion.ssl.learner import SelfSupervised
+
+    cls, config_cls = _ssl_parts(method)
+    generator = torch.Generator().manual_seed(seed)
+    if method == "mae":  # the ViT's input size follows the data unless set
+        kwargs = {"image_size": image_size, "channels": in_channels, **kwargs}
+    config = config_cls(**{**SSL_HEADS.get(method, {}), **kwargs})
+    if method == "mae":
+        model = cls(config, generator=generator)
+    else:
+        encoder = conv4(in_channels, width)
+        features = encoder.out_features(image_size)
+        if method in ("ae", "dae"):
+            from companion.ssl.autoencoders import Decoder
+
+            decoder = Decoder(features, in_channels, image_size)
+            extra = {"generator": generator} if method == "dae" else {}
+            model = cls(encoder, decoder, config, **extra)
+        elif method == "vae":
+            from companion.ssl.autoencoders import Decoder
+
+            decoder = Decoder(config.latent_dim, in_channels, image_size)
+            model = cls(encoder, decoder, features, config, generator=generator)
+        elif method == "moco":
+            model = cls(encoder, features, config, generator=generator)
+        else:
+            model = cls(encoder, features, config)
+    augment = None
+    if model.views == 2 or method == "rotation":
+        augment = AugmentConfig.glyphs() if in_channels == 1 else AugmentConfig.rgb()
+    return SelfSupervised(model, augment, generator=generator)

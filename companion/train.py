@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm  # a text bar in a terminal, a widget in a notebook
 
+from companion.data.batches import ImageBatchSampler
 from companion.data.episodes import EpisodeSampler
 from companion.evaluate import EvalResult, evaluate_episodes
 
@@ -162,7 +163,7 @@ def evaluate_learner(learner: nn.Module, sampler: EpisodeSampler, episodes: int,
 
 def fit(
     learner: nn.Module,
-    train_sampler: EpisodeSampler,
+    train_sampler: EpisodeSampler | ImageBatchSampler,
     config: TrainConfig,
     *,
     val_sampler: EpisodeSampler | None = None,
@@ -176,7 +177,8 @@ def fit(
 
     Args:
         learner: a module with ``meta_loss(batch) -> (loss, logs)`` and ``classify(episode)``.
-        train_sampler: draws the training tasks (its generator is saved and restored).
+        train_sampler: draws the training tasks, or image batches for a self-supervised
+            learner (its generator is saved and restored).
         config: the run's settings.
         val_sampler: validation episodes (the same ``config.val_episodes`` each time).
         out_dir: folder for ``checkpoint.pt`` and ``metrics.json``; ``None`` saves nothing.
@@ -191,7 +193,14 @@ def fit(
 
     A learner that draws its own random numbers keeps its ``torch.Generator`` in
     ``learner.generator`` (as :class:`~companion.meta.reptile.Reptile` does); its state is
-    saved and restored with the others.
+    saved and restored with the others. A learner with state that the gradient does not
+    update (a MoCo queue, a BYOL target network) has an ``after_step()`` method, called
+    after every optimiser step; that state must be in its ``state_dict`` (buffers or
+    parameters) to be checkpointed.
+
+    Self-supervised learners (:class:`companion.ssl.SelfSupervised`) train on an
+    :class:`~companion.data.batches.ImageBatchSampler`: their "meta-batch" is a batch of
+    ``config.meta_batch`` unlabeled images.
 
     Raises:
         ValueError: the checkpoint in ``out_dir`` was written with another config or spec.
@@ -210,6 +219,7 @@ def fit(
     scheduler = _scheduler(optimizer, config)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
     path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
+    after_step = getattr(learner, "after_step", None)
     own_rng = getattr(learner, "generator", None)  # e.g. Reptile's inner minibatches
     own_rng = own_rng if isinstance(own_rng, torch.Generator) else None
     cuda = [torch.cuda.current_device() if device.index is None else device.index
@@ -253,6 +263,8 @@ def fit(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if after_step is not None:
+                after_step()  # state outside the gradient: a MoCo queue, a BYOL target
             step += 1
             for key, value in {"loss": loss.item(), **logs}.items():
                 window.setdefault(key, []).append(float(value))
@@ -305,12 +317,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def write_metrics(out_dir: str | os.PathLike[str], result: TrainResult,
                   evaluation: EvalResult | None = None,
-                  sampler: EpisodeSampler | None = None) -> dict[str, Any]:
+                  sampler: EpisodeSampler | None = None, *,
+                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write ``out_dir/metrics.json`` (atomically) and return what it holds.
 
     ``accuracy`` and ``ci95`` are fractions from ``evaluation`` (``None`` before one);
     ``dataset``, ``split``, ``ways``, ``shots``, ``queries`` describe the evaluation episodes
-    (``sampler``), or the training episodes when there is none.
+    (``sampler``), or the training episodes when there is none. ``extra`` adds or replaces
+    entries (e.g. ``probe`` for a self-supervised encoder's evaluation).
     """
     episodes = _episodes(sampler) if sampler else dict(result.spec["train_episodes"])
     learner = result.spec.get("learner") or {}
@@ -321,7 +335,7 @@ def write_metrics(out_dir: str | os.PathLike[str], result: TrainResult,
         "episodes": evaluation.episodes if evaluation else 0,
         "train_seconds": result.train_seconds, "steps": result.step,
         "best_val": result.best_val, "history": result.history,
-        "config": result.config, "spec": result.spec,
+        "config": result.config, "spec": result.spec, **(extra or {}),
     }
     text = json.dumps(metrics, indent=2, allow_nan=False).encode()
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -339,9 +353,10 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:
     return lr_scheduler.LinearLR(optimizer, 1.0, end, total_iters=config.steps)
 
 
-def _episodes(sampler: EpisodeSampler) -> dict[str, Any]:
+def _episodes(sampler: EpisodeSampler | ImageBatchSampler) -> dict[str, Any]:
+    """What a sampler draws: the split, and the episode shape (``None`` for image batches)."""
     return {"dataset": sampler.dataset.name, "split": sampler.dataset.split,
-            "ways": sampler.ways, "shots": sampler.shots, "queries": sampler.queries}
+            **{k: getattr(sampler, k, None) for k in ("ways", "shots", "queries")}}
 
 
 def _check_same_run(path: Path, state: Mapping[str, Any], config: TrainConfig,

@@ -10,13 +10,18 @@ import torch
 from companion.data import EpisodeSampler, load_dataset
 from companion.evaluate import (
     EvalResult,
+    embed,
     episode_accuracy,
     evaluate_episodes,
+    knn_probe,
+    linear_probe,
     mean_ci95,
     nearest_neighbour_logits,
     pairwise_distance,
     pixel_nearest_neighbour,
+    split_per_class,
 )
+from companion.nets import Conv4
 
 
 def test_mean_ci95_by_hand() -> None:
@@ -90,3 +95,60 @@ def test_evaluate_episodes_on_digits_is_far_above_chance() -> None:
     assert "episodes" in str(result)
     with pytest.raises(ValueError, match="at least 1"):
         evaluate_episodes(pixel_nearest_neighbour, sampler, episodes=0)
+
+
+# ---------------------------------------------------------------- probes of a frozen encoder
+
+
+def test_embed_in_batches_equals_one_forward_in_eval_mode() -> None:
+    torch.manual_seed(0)
+    encoder = Conv4(1, hidden=4).train()
+    x = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    z = embed(encoder, x, batch_size=3)
+    assert encoder.training  # restored
+    with torch.no_grad():
+        # The package's BatchNorm normalises with each batch's statistics, even in eval mode,
+        # so the reference is the same 3-image batches.
+        reference = torch.cat([encoder(x[i:i + 3]) for i in range(0, 10, 3)])
+    torch.testing.assert_close(z, reference)
+    assert not z.requires_grad
+
+
+def test_split_per_class_partitions_each_class() -> None:
+    labels = torch.tensor([0, 1, 0, 1, 0, 1, 2, 2, 0])
+    train, test = split_per_class(labels)
+    assert sorted(torch.cat([train, test]).tolist()) == list(range(9))
+    assert train.tolist() == [0, 2, 1, 3, 6] and test.tolist() == [4, 8, 5, 7]
+    with pytest.raises(ValueError, match=r"train_fraction must be in \(0, 1\)"):
+        split_per_class(labels, 1.0)
+
+
+def test_knn_probe_equals_a_slow_vote() -> None:
+    g = torch.Generator().manual_seed(0)
+    train_z, test_z = torch.randn(40, 5, generator=g), torch.randn(15, 5, generator=g)
+    train_y = torch.randint(0, 3, (40,), generator=g)
+    test_y = torch.randint(0, 3, (15,), generator=g)
+    for k in (1, 5):
+        right = 0
+        for z, y in zip(test_z, test_y, strict=True):
+            cos = [float(torch.nn.functional.cosine_similarity(z, t, dim=0)) for t in train_z]
+            order = sorted(range(40), key=lambda i: -cos[i])[:k]
+            votes = {}  # class -> [votes, sum of k - rank]: ties go to nearer neighbours
+            for rank, i in enumerate(order):
+                vote = votes.setdefault(int(train_y[i]), [0, 0])
+                vote[0], vote[1] = vote[0] + 1, vote[1] + k - rank
+            right += max(votes, key=lambda c: tuple(votes[c])) == int(y)
+        assert knn_probe(train_z, train_y, test_z, test_y, k=k) == pytest.approx(right / 15)
+    with pytest.raises(ValueError, match=r"k must be an int in 1\.\.40"):
+        knn_probe(train_z, train_y, test_z, test_y, k=41)
+
+
+def test_linear_probe_separates_separable_classes_and_not_noise() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = 5 * torch.eye(4)
+    y = torch.arange(4).repeat(30)
+    z = centres[y] + torch.randn(120, 4, generator=g)
+    train, test = split_per_class(y)
+    assert linear_probe(z[train], y[train], z[test], y[test]) > 0.95
+    noise = torch.randn(120, 4, generator=g)  # features that know nothing of the labels
+    assert linear_probe(noise[train], y[train], noise[test], y[test]) < 0.5
