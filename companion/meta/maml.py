@@ -29,9 +29,10 @@ miniImageNet, about 33% faster).
 ``torch.func.grad`` differentiates the support loss), so there is no module cloning. The
 tasks of a meta-batch are either a Python loop or ``torch.func.vmap`` (``strategy``):
 ``"auto"`` uses ``vmap`` on CUDA and the loop on the CPU, where ``vmap`` turns the per-task
-convolution weights into slow grouped convolutions (Conv-4, 5-way 1-shot 15-query, 32
-tasks, 2 cores: about 4.1 s per step looped vs 10.6 s with ``vmap``). Both give the same
-meta-gradient when the norm layers are :class:`companion.nets.BatchNorm` (see
+convolution weights into grouped convolutions and the per-task activations into large
+tensors that no longer fit in cache (Conv-4, 5-way 1-shot 15-query, 32 tasks, 2 cores:
+about 2.3 s per step looped, several times that with ``vmap``; ``bench/maml_speed.py``).
+Both give the same meta-gradient when the norm layers are :class:`companion.nets.BatchNorm` (see
 ``tests/test_nets.py`` for why not ``nn.BatchNorm2d``).
 
 **ANIL** (Raghu et al., 2020) adapts only the head in the inner loop
