@@ -15,6 +15,7 @@ outputs on it.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any
 
 import torch
@@ -161,50 +162,29 @@ def build_learner(method: str, *, ways: int, image_size: int, in_channels: int, 
     raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
 
 
+SSL_CLASSES: dict[str, tuple[str, str, str]] = {
+    "simclr": ("simclr", "SimCLR", "SimCLRConfig"),
+    "moco": ("moco", "MoCo", "MoCoConfig"),
+    "byol": ("byol", "BYOL", "BYOLConfig"),
+    "simsiam": ("byol", "SimSiam", "SimSiamConfig"),
+    "barlow": ("barlow", "BarlowTwins", "BarlowTwinsConfig"),
+    "ae": ("autoencoders", "Autoencoder", "AutoencoderConfig"),
+    "dae": ("autoencoders", "DenoisingAutoencoder", "DenoisingConfig"),
+    "vae": ("autoencoders", "VAE", "VAEConfig"),
+    "mae": ("mae", "MAE", "MAEConfig"),
+    "rotation": ("pretext", "RotationPrediction", "RotationConfig"),
+}
+"""Where each self-supervised method lives: (module of ``companion.ssl``, class, config)."""
+
+
 def _ssl_parts(method: str) -> tuple[type, type]:
     """(method class, config class) of a self-supervised method, imported on demand."""
-    if method == "simclr":
-        from companion.ssl.simclr import SimCLR, SimCLRConfig
-
-        return SimCLR, SimCLRConfig
-    if method == "moco":
-        from companion.ssl.moco import MoCo, MoCoConfig
-
-        return MoCo, MoCoConfig
-    if method == "byol":
-        from companion.ssl.byol import BYOL, BYOLConfig
-
-        return BYOL, BYOLConfig
-    if method == "simsiam":
-        from companion.ssl.byol import SimSiam, SimSiamConfig
-
-        return SimSiam, SimSiamConfig
-    if method == "barlow":
-        from companion.ssl.barlow import BarlowTwins, BarlowTwinsConfig
-
-        return BarlowTwins, BarlowTwinsConfig
-    if method == "ae":
-        from companion.ssl.autoencoders import Autoencoder, AutoencoderConfig
-
-        return Autoencoder, AutoencoderConfig
-    if method == "dae":
-        from companion.ssl.autoencoders import DenoisingAutoencoder, DenoisingConfig
-
-        return DenoisingAutoencoder, DenoisingConfig
-    if method == "vae":
-        from companion.ssl.autoencoders import VAE, VAEConfig
-
-        return VAE, VAEConfig
-    if method == "mae":
-        from companion.ssl.mae import MAE, MAEConfig
-
-        return MAE, MAEConfig
-    if method == "rotation":
-        from companion.ssl.pretext import RotationConfig, RotationPrediction
-
-        return RotationPrediction, RotationConfig
-    raise ValueError(f"unknown self-supervised method {method!r}; allowed: "
-                     f"{', '.join(SSL_METHODS)}")
+    if method not in SSL_CLASSES:
+        raise ValueError(f"unknown self-supervised method {method!r}; allowed: "
+                         f"{', '.join(SSL_METHODS)}")
+    module, cls, config = SSL_CLASSES[method]
+    module = importlib.import_module(f"companion.ssl.{module}")
+    return getattr(module, cls), getattr(module, config)
 
 
 def build_self_supervised(method: str, *, image_size: int, in_channels: int, width: int,
