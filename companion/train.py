@@ -198,7 +198,7 @@ def fit(
     after every optimiser step; that state must be in its ``state_dict`` (buffers or
     parameters) to be checkpointed.
 
-    Self-supervised learners (:class:`companion.ssl.SelfSupervised`) train on an
+    Self-supervised learners (:class:`companion.ssl.learner.SelfSupervised`) train on an
     :class:`~companion.data.batches.ImageBatchSampler`: their "meta-batch" is a batch of
     ``config.meta_batch`` unlabeled images.
 
