@@ -256,21 +256,29 @@ def linear_probe(train_z: torch.Tensor, train_y: torch.Tensor, test_z: torch.Ten
 
 
 def knn_probe(train_z: torch.Tensor, train_y: torch.Tensor, test_z: torch.Tensor,
-              test_y: torch.Tensor, *, k: int = 20) -> float:
-    """Test accuracy of a ``k``-nearest-neighbour majority vote (cosine similarity).
+              test_y: torch.Tensor, *, k: int = 20, temperature: float | None = 0.07) -> float:
+    r"""Test accuracy of a ``k``-nearest-neighbour vote on cosine similarity.
 
-    Ties between classes go to the class whose votes come from nearer neighbours: the vote
-    of the neighbour of rank ``r`` (0 = nearest) weighs ``1 + 1e-6 (k - r)``.
+    The default is the weighted vote of Wu et al. (2018, eq. 7) with DINO's settings
+    (Caron et al., 2021, sec. 4.1: ``k = 20``, :math:`\tau = 0.07`): the neighbour with
+    cosine similarity :math:`s` adds :math:`\exp(s / \tau)` to its class.
+    ``temperature=None`` is a plain majority vote. Ties between classes go to the class
+    whose votes come from nearer neighbours: the neighbour of rank ``r`` (0 = nearest)
+    weighs ``1 + 1e-6 (k - r)`` more.
 
     Shape:
         - as :func:`linear_probe`
     """
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(train_z):
         raise ValueError(f"k must be an int in 1..{len(train_z)}; got {k!r}")
+    if temperature is not None and not temperature > 0:
+        raise ValueError(f"temperature must be positive or None; got {temperature!r}")
     similarity = 1 - pairwise_distance(test_z, train_z, "cosine")  # (M', M)
-    neighbours = similarity.topk(k, dim=1).indices  # (M', k), nearest first
+    nearest, neighbours = similarity.topk(k, dim=1)  # (M', k), nearest first
     classes = int(max(train_y.max(), test_y.max())) + 1
     votes = torch.zeros(len(test_z), classes, dtype=torch.float64, device=test_z.device)
     weight = 1 + 1e-6 * torch.arange(k, 0, -1, dtype=torch.float64, device=test_z.device)
+    if temperature is not None:
+        weight = weight * (nearest.double() / temperature).exp()
     votes.scatter_add_(1, train_y.to(test_z.device)[neighbours], weight.expand(len(test_z), k))
     return float((votes.argmax(1) == test_y.to(votes.device)).double().mean())

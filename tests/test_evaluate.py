@@ -138,9 +138,30 @@ def test_knn_probe_equals_a_slow_vote() -> None:
                 vote = votes.setdefault(int(train_y[i]), [0, 0])
                 vote[0], vote[1] = vote[0] + 1, vote[1] + k - rank
             right += max(votes, key=lambda c: tuple(votes[c])) == int(y)
-        assert knn_probe(train_z, train_y, test_z, test_y, k=k) == pytest.approx(right / 15)
+        assert knn_probe(train_z, train_y, test_z, test_y, k=k, temperature=None) == \
+            pytest.approx(right / 15)
     with pytest.raises(ValueError, match=r"k must be an int in 1\.\.40"):
         knn_probe(train_z, train_y, test_z, test_y, k=41)
+
+
+def test_weighted_knn_probe_equals_a_slow_vote() -> None:
+    """Wu et al. (2018) eq. 7: each of the k neighbours adds exp(cos / tau) to its class."""
+    g = torch.Generator().manual_seed(1)
+    train_z, test_z = torch.randn(40, 5, generator=g), torch.randn(30, 5, generator=g)
+    train_y = torch.randint(0, 4, (40,), generator=g)
+    test_y = torch.randint(0, 4, (30,), generator=g)
+    for k, tau in ((5, 0.07), (20, 0.5)):
+        right = 0
+        for z, y in zip(test_z, test_y, strict=True):
+            cos = [float(torch.nn.functional.cosine_similarity(z, t, dim=0)) for t in train_z]
+            votes = [0.0] * 4
+            for i in sorted(range(40), key=lambda i: -cos[i])[:k]:
+                votes[int(train_y[i])] += math.exp(cos[i] / tau)
+            right += max(range(4), key=votes.__getitem__) == int(y)
+        assert knn_probe(train_z, train_y, test_z, test_y, k=k, temperature=tau) == \
+            pytest.approx(right / 30)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        knn_probe(train_z, train_y, test_z, test_y, temperature=0.0)
 
 
 def test_linear_probe_separates_separable_classes_and_not_noise() -> None:
