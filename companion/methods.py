@@ -170,7 +170,7 @@ SSL_CLASSES: dict[str, tuple[str, str, str]] = {
     "barlow": ("barlow", "BarlowTwins", "BarlowTwinsConfig"),
     "ae": ("autoencoders", "Autoencoder", "AutoencoderConfig"),
     "dae": ("autoencoders", "DenoisingAutoencoder", "DenoisingConfig"),
-    "vae": ("autoencoders", "VAE", "VAEConfig"),
+    "vae": ("vae", "VAE", "VAEConfig"),
     "mae": ("mae", "MAE", "MAEConfig"),
     "rotation": ("pretext", "RotationPrediction", "RotationConfig"),
 }

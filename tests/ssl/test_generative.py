@@ -15,20 +15,16 @@ from torch.distributions import Normal, kl_divergence
 from companion.data import load_dataset
 from companion.nets import Conv4
 from companion.ssl.autoencoders import (
-    VAE,
     Autoencoder,
     AutoencoderConfig,
     Decoder,
     DenoisingAutoencoder,
     DenoisingConfig,
-    VAEConfig,
     corrupt,
-    elbo,
-    gaussian_kl,
-    reparameterise,
 )
 from companion.ssl.mae import MAE, MAEConfig, mae_loss, patchify, random_masking, unpatchify
 from companion.ssl.pretext import RotationConfig, RotationPrediction, rotate_batch
+from companion.ssl.vae import VAE, VAEConfig, elbo, gaussian_kl, reparameterise
 
 TINY_MAE = MAEConfig(width=32, depth=1, heads=2, decoder_width=16, decoder_depth=1, decoder_heads=2)
 
