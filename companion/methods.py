@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from companion.nets import Conv4, linear_head
+from companion.profiles import Profile
 
 META_METHODS = ("protonet", "matchingnet", "maml", "fomaml", "anil", "protomaml", "reptile")
 SSL_METHODS = ("simclr", "moco", "byol", "simsiam", "barlow", "ae", "dae", "vae", "mae",
@@ -59,6 +61,40 @@ SSL_HEADS: dict[str, dict[str, Any]] = {
 """Projector widths for a Conv-4 encoder (64 features), in place of the papers' widths for a
 ResNet-50 (2,048 features: SimCLR 2048 -> 128, BYOL 4096 -> 256, Barlow Twins 3 x 8192),
 which would dwarf the encoder. ``--set`` overrides them."""
+
+
+CPU_STEPS: dict[str, int] = {
+    "simclr": 470, "moco": 470, "byol": 290, "simsiam": 460, "barlow": 380,
+    "ae": 410, "dae": 460, "vae": 420, "mae": 1_800, "rotation": 560,
+}
+"""Training steps of each self-supervised method in the ``cpu`` profile: what fits in the
+profile's 5 minutes on 2 cores with 28x28 images, a Conv-4 of width 64 (MAE: its small ViT)
+and batches of :func:`ssl_batch_size` images (measured with ``bench/ssl_table.py``)."""
+
+
+def ssl_batch_size(method: str, batch_size: int) -> int:
+    """Images per step for a self-supervised ``method`` given the profile's ``batch_size``.
+
+    Rotation prediction turns every image into four (Gidaris et al., 2018, sec. 2.2), so
+    it takes a quarter of the images and a step costs about what the others' do.
+    """
+    return max(1, batch_size // 4) if method == "rotation" else batch_size
+
+
+def ssl_default_steps(method: str, profile: Profile, images: int) -> int:
+    """Training steps of a self-supervised ``method`` when none are asked for.
+
+    ``smoke``: the profile's ``train_steps``; ``cpu``: :data:`CPU_STEPS` (a 5-minute
+    budget); ``full``: ``profile.epochs`` passes over the ``images`` training images.
+    """
+    if method not in SSL_METHODS:
+        raise ValueError(f"{method!r} is not a self-supervised method; allowed: "
+                         f"{', '.join(SSL_METHODS)}")
+    if profile.name == "cpu":
+        return CPU_STEPS[method]
+    if profile.name == "full":
+        return math.ceil(profile.epochs * images / ssl_batch_size(method, profile.batch_size))
+    return profile.train_steps
 
 
 def config_class(method: str) -> type:

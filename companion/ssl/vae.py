@@ -1,7 +1,8 @@
 r"""The variational autoencoder (Kingma & Welling, 2014).
 
 A VAE puts two linear heads on an encoder's features; they give the approximate posterior
-:math:`q_\phi(z \mid x) = \mathcal N(\mu, \operatorname{diag} \sigma^2)`; a sample is reparameterised, :math:`z = \mu + \sigma \odot \epsilon` with
+:math:`q_\phi(z \mid x) = \mathcal N(\mu, \operatorname{diag} \sigma^2)`; a sample is
+reparameterised, :math:`z = \mu + \sigma \odot \epsilon` with
 :math:`\epsilon \sim \mathcal N(0, I)` (sec. 2.4), so gradients reach :math:`\mu` and
 :math:`\log \sigma^2`. With prior :math:`p(z) = \mathcal N(0, I)` and a Bernoulli decoder
 (appendix C.1), one sample per image gives the estimator of eq. 10,

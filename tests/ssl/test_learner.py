@@ -16,6 +16,7 @@ from companion.data.augment import AugmentConfig, two_views
 from companion.data.batches import ImageBatchSampler
 from companion.evaluate import prototype_probe
 from companion.nets import Conv4
+from companion.profiles import get_profile
 from companion.ssl.learner import SelfSupervised
 from companion.ssl.simclr import SimCLR, SimCLRConfig, nt_xent
 from companion.train import CHECKPOINT, TrainConfig, fit, load_checkpoint
@@ -162,3 +163,27 @@ def test_train_then_every_probe_through_the_cli(tmp_path, capsys, one_thread) ->
     assert main(["eval", "--checkpoint", str(maml), "--probe", "linear", "--quiet"]) == 2
     assert "--probe linear tests the encoder of a self-supervised checkpoint" in \
         capsys.readouterr().err
+
+
+def test_default_steps_and_batch_follow_the_profile() -> None:
+    profiles = {name: get_profile(name) for name in ("smoke", "cpu", "full")}
+    assert methods.ssl_default_steps("simclr", profiles["smoke"], 1000) == \
+        profiles["smoke"].train_steps
+    assert methods.ssl_default_steps("byol", profiles["cpu"], 1000) == methods.CPU_STEPS["byol"]
+    full = profiles["full"]  # epochs passes over 19,280 images (Omniglot's background set)
+    assert methods.ssl_default_steps("simclr", full, 19_280) == \
+        -(-full.epochs * 19_280 // full.batch_size)
+    assert methods.ssl_batch_size("rotation", 256) == 64  # four rotations of each image
+    assert methods.ssl_batch_size("simclr", 256) == 256
+    assert set(methods.CPU_STEPS) == set(methods.SSL_METHODS)
+    with pytest.raises(ValueError, match="not a self-supervised method"):
+        methods.ssl_default_steps("maml", full, 100)
+
+
+def test_cli_rotation_default_batch_is_a_quarter_of_the_profiles(tmp_path, one_thread) -> None:
+    out = tmp_path / "rotation"
+    assert main(["train", "rotation", "--dataset", "digits", "--profile", "smoke", "--steps",
+                 "1", "--width", "4", "--no-eval", "--quiet", "--out", str(out)]) == 0
+    config = load_checkpoint(out / CHECKPOINT)["config"]
+    assert config["meta_batch"] == get_profile("smoke").batch_size // 4
+    assert config["steps"] == 1
