@@ -128,6 +128,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=600, help="test episodes")
     parser.add_argument("--root", default=None, help="data folder (default: $COMPANION_DATA)")
     parser.add_argument("--no-baselines", action="store_true", help="skip pixels and random init")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="probe the checkpoints already under --out; train nothing")
     parser.add_argument("--quick", action="store_true",
                         help="5 steps, 20 episodes, simclr and ae: a plumbing check")
     args = parser.parse_args()
@@ -142,7 +144,8 @@ def main() -> None:
         if args.quick:
             recipe = [*recipe, "--steps", "5"]
         run_dir = out / method
-        run(["train", method, *COMMON, *root, *recipe, "--out", str(run_dir), "--restart"])
+        if not args.eval_only:
+            run(["train", method, *COMMON, *root, *recipe, "--out", str(run_dir), "--restart"])
         row = {"method": method}
         tests = [(f"5w{shots}s", ["--ways", "5", "--shots", str(shots), "--queries", "15",
                                   "--episodes", str(episodes)]) for shots in TESTS]
