@@ -61,10 +61,10 @@ class MAEConfig:
     channels: int = 1  # C
     patch: int = 4  # p: a 7x7 grid at 28x28 (paper: 16, a 14x14 grid at 224)
     mask_ratio: float = 0.75  # fraction of tokens masked (paper's default, sec. 4.1)
-    width: int = 64  # encoder width (ViT-B: 768); a multiple of 4 (sin-cos) and of heads
+    embed_dim: int = 64  # encoder width (ViT-B: 768); a multiple of 4 (sin-cos) and of heads
     depth: int = 4  # encoder blocks (ViT-B: 12)
     heads: int = 4  # attention heads (ViT-B: 12)
-    decoder_width: int = 32  # the paper's decoder is narrower too (512)
+    decoder_embed_dim: int = 32  # the paper's decoder is narrower too (512)
     decoder_depth: int = 2  # decoder blocks (paper: 8)
     decoder_heads: int = 4  # (paper: 16)
     mlp_ratio: float = 4.0  # hidden width of each block's MLP, as in ViT
@@ -72,7 +72,8 @@ class MAEConfig:
 
     def __post_init__(self) -> None:
         ints = (
-            "image_size channels patch width depth heads decoder_width decoder_depth decoder_heads"
+            "image_size channels patch embed_dim depth heads decoder_embed_dim decoder_depth "
+            "decoder_heads"
         )
         for name in ints.split():
             value = getattr(self, name)
@@ -85,12 +86,12 @@ class MAEConfig:
             )
         _check_ratio(self.mask_ratio, (self.image_size // self.patch) ** 2)
         for width, heads, name in (
-            (self.width, self.heads, ""),
-            (self.decoder_width, self.decoder_heads, "decoder_"),
+            (self.embed_dim, self.heads, ""),
+            (self.decoder_embed_dim, self.decoder_heads, "decoder_"),
         ):
             if width % 4 or width % heads:
                 raise ValueError(
-                    f"{name}width must be a multiple of 4 (sin-cos embedding) and "
+                    f"{name}embed_dim must be a multiple of 4 (sin-cos embedding) and "
                     f"of {name}heads; got {width} and {heads}"
                 )
         if not self.mlp_ratio > 0:
@@ -245,17 +246,18 @@ class ViTEncoder(nn.Module):
 
     Shape:
         - x: ``(B, C, H, W)`` with ``H = W = config.image_size``
-        - returns: ``(B, config.width)``, the mean of the encoded tokens
+        - returns: ``(B, config.embed_dim)``, the mean of the encoded tokens
     """
 
     def __init__(self, config: MAEConfig) -> None:
         super().__init__()
         self.config = config
         grid = config.image_size // config.patch
-        self.patch_embed = nn.Linear(config.patch**2 * config.channels, config.width)
-        self.register_buffer("pos_embed", sincos_2d(config.width, grid, grid)[None])  # (1, L, W)
-        self.blocks = _blocks(config.width, config.depth, config.heads, config.mlp_ratio)
-        self.norm = nn.LayerNorm(config.width)
+        self.patch_embed = nn.Linear(config.patch**2 * config.channels, config.embed_dim)
+        pos = sincos_2d(config.embed_dim, grid, grid)[None]  # (1, L, embed_dim)
+        self.register_buffer("pos_embed", pos)
+        self.blocks = _blocks(config.embed_dim, config.depth, config.heads, config.mlp_ratio)
+        self.norm = nn.LayerNorm(config.embed_dim)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens with position: ``patch_embed(patchify(x)) + pos``, shape ``(B, L, width)``."""
@@ -269,8 +271,8 @@ class ViTEncoder(nn.Module):
         return self.norm(self.blocks(tokens))
 
     def out_features(self, image_size: int | tuple[int, int] | None = None) -> int:
-        """Feature dimension ``D = width`` (the image size is fixed by the config)."""
-        return self.config.width
+        """Feature dimension ``D = embed_dim`` (the image size is fixed by the config)."""
+        return self.config.embed_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.transform(self.embed(x)).mean(1)  # (B, L, W) -> (B, W)
@@ -297,8 +299,8 @@ class MAE(nn.Module):
             raise TypeError(f"config must be an MAEConfig; got {type(config).__name__}")
         self.config = config
         self.encoder = ViTEncoder(config)
-        grid, dw = config.image_size // config.patch, config.decoder_width
-        self.decoder_embed = nn.Linear(config.width, dw)
+        grid, dw = config.image_size // config.patch, config.decoder_embed_dim
+        self.decoder_embed = nn.Linear(config.embed_dim, dw)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dw))
         nn.init.normal_(self.mask_token, std=0.02)  # as in the authors' code
         self.register_buffer("decoder_pos_embed", sincos_2d(dw, grid, grid)[None])

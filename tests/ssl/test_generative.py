@@ -26,7 +26,8 @@ from companion.ssl.mae import MAE, MAEConfig, mae_loss, patchify, random_masking
 from companion.ssl.pretext import RotationConfig, RotationPrediction, rotate_batch
 from companion.ssl.vae import VAE, VAEConfig, elbo, gaussian_kl, reparameterise
 
-TINY_MAE = MAEConfig(width=32, depth=1, heads=2, decoder_width=16, decoder_depth=1, decoder_heads=2)
+TINY_MAE = MAEConfig(embed_dim=32, depth=1, heads=2, decoder_embed_dim=16, decoder_depth=1,
+                     decoder_heads=2)
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -264,7 +265,7 @@ def test_mae_encoder_is_an_unmasked_encoder_and_the_loss_trains_it() -> None:
     mae = built(lambda: MAE(TINY_MAE, generator=seeded(17)))
     x = torch.rand(3, 1, 28, 28, generator=seeded(18))
     z = mae.encoder(x)
-    assert z.shape == (3, TINY_MAE.width) and torch.equal(mae.encoder(x), z)  # no random mask
+    assert z.shape == (3, TINY_MAE.embed_dim) and torch.equal(mae.encoder(x), z)  # no random mask
     for r, c in ((0, 0), (3, 5), (6, 6)):  # every patch is seen
         changed = x.clone()
         changed[0, 0, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] += 1.0
@@ -362,7 +363,7 @@ def test_shape_and_argument_errors_say_what_was_given() -> None:
     with pytest.raises(ValueError, match="keeps 4 of 4 tokens"):
         random_masking(torch.zeros(1, 4, 2), 0.1, seeded())
     with pytest.raises(ValueError, match="multiple of 4"):
-        MAEConfig(width=30, heads=3)
+        MAEConfig(embed_dim=30, heads=3)
     with pytest.raises(ValueError, match=r"expects images \(B, 1, 28, 28\); got \(2, 1, 32, 32\)"):
         MAE(TINY_MAE).loss(torch.zeros(2, 1, 32, 32))
     with pytest.raises(ValueError, match=r"must match the images \(2, 1, 28, 28\)"):
@@ -387,3 +388,14 @@ def test_shape_and_argument_errors_say_what_was_given() -> None:
         RotationConfig(hidden=0)
     with pytest.raises(TypeError, match="config must be a VAEConfig; got MAEConfig"):
         VAE(Conv4(1, hidden=8), Decoder(20), 8, config=MAEConfig())
+
+
+def test_mae_embed_dim_does_not_clash_with_the_conv4_width() -> None:
+    """``width`` is the Conv-4 width of ``build_learner``; the ViT's is ``embed_dim``."""
+    from companion.methods import build_learner
+
+    learner = build_learner("mae", ways=5, image_size=28, in_channels=1, width=16,
+                            embed_dim=32, depth=1, heads=2, decoder_embed_dim=16,
+                            decoder_depth=1, decoder_heads=2)
+    assert learner.encoder.out_features() == 32
+    assert learner.encoder(torch.rand(2, 1, 28, 28)).shape == (2, 32)
