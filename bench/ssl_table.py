@@ -20,7 +20,8 @@ Recipes. Every method uses its defaults (Adam 1e-3 with a cosine decay, the proj
 of :data:`companion.methods.SSL_HEADS`, batches of 256 images) except:
 
 - the step count, :data:`companion.methods.CPU_STEPS`, the cpu profile's default: at most
-  5 minutes of training here (about 270 s);
+  5 minutes of training here (130 to 273 s measured; the autoencoders, MAE and rotation
+  have room for more steps);
 - SimCLR at temperature 0.2 (0.5, the paper's CIFAR value, gave 80.0 5w1s while this
   issue was planned; MoCo v2 uses 0.2 too);
 - the momentum of MoCo's key encoder and BYOL's target 0.99 instead of 0.999 / 0.996:
@@ -31,7 +32,7 @@ of :data:`companion.methods.SSL_HEADS`, batches of 256 images) except:
 
 Usage::
 
-    COMPANION_DATA=../shared/data python bench/ssl_table.py          # ~70 min
+    COMPANION_DATA=../shared/data python bench/ssl_table.py          # ~60 min
     python bench/ssl_table.py --methods simclr barlow --out runs/ssl
     python bench/ssl_table.py --quick   # 2 methods, a few steps: checks the plumbing
 
