@@ -19,6 +19,7 @@ from companion.evaluate import (
     nearest_neighbour_logits,
     pairwise_distance,
     pixel_nearest_neighbour,
+    prototype_probe,
     split_per_class,
 )
 from companion.nets import Conv4
@@ -173,3 +174,29 @@ def test_linear_probe_separates_separable_classes_and_not_noise() -> None:
     assert linear_probe(z[train], y[train], z[test], y[test]) > 0.95
     noise = torch.randn(120, 4, generator=g)  # features that know nothing of the labels
     assert linear_probe(noise[train], y[train], noise[test], y[test]) < 0.5
+
+
+@pytest.mark.gpu
+def test_probes_run_on_cuda_and_agree_with_the_cpu() -> None:
+    # float64 so that kernel choice cannot move a vote; the CPU run is the reference.
+    torch.manual_seed(0)
+    encoder = Conv4(1, 8).double()
+    images = torch.rand(40, 1, 28, 28, dtype=torch.float64)
+    labels = torch.arange(4).repeat_interleave(10)
+    episode = EpisodeSampler(load_dataset("glyphs", "test"), 5, 2, 3, seed=0).sample()
+    episode = type(episode)(episode.support_x.double(), episode.support_y,
+                            episode.query_x.double(), episode.query_y)
+    train, test = split_per_class(labels)
+    results = {}
+    for device in ("cpu", "cuda"):
+        encoder = encoder.to(device)
+        z = embed(encoder, images)  # the images follow the encoder to its device
+        assert z.device.type == device
+        y = labels.to(device)
+        results[device] = (z.cpu(), prototype_probe(encoder, episode).cpu(),
+                           linear_probe(z[train], y[train], z[test], y[test]),
+                           knn_probe(z[train], y[train], z[test], y[test], k=5))
+    cpu, cuda = results["cpu"], results["cuda"]
+    torch.testing.assert_close(cuda[0], cpu[0], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(cuda[1], cpu[1], rtol=1e-9, atol=1e-9)
+    assert cuda[2:] == cpu[2:]
