@@ -199,4 +199,5 @@ def test_probes_run_on_cuda_and_agree_with_the_cpu() -> None:
     cpu, cuda = results["cpu"], results["cuda"]
     torch.testing.assert_close(cuda[0], cpu[0], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(cuda[1], cpu[1], rtol=1e-9, atol=1e-9)
-    assert cuda[2:] == cpu[2:]
+    assert abs(cuda[2] - cpu[2]) <= 1 / len(test)  # L-BFGS may tip one borderline image
+    assert cuda[3] == cpu[3]
