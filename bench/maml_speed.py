@@ -31,7 +31,10 @@ gradients), so one task of second-order MAML with ``k`` inner steps costs
 
 with ``F_s = F(N K)`` and ``F_q = F(N Q)``. It slightly over-counts (the first layer needs no
 input gradient). ``conv_efficiency`` = achieved GFLOP/s of the package's step / GFLOP/s of
-one large batched conv (``(B, 64, 14, 14) * (64, 64, 3, 3)``) timed in the same run.
+one large batched conv (``(B, 64, 14, 14) * (64, 64, 3, 3)``) timed in the same run: the
+fastest of 3 after every round of steps, then the median over the rounds (on a shared 2-core
+machine the conv alone ran anywhere from 150 to 280 GFLOP/s within one day, so a single
+timing after the steps made the ratio swing by half).
 
 Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU the rise of the
 resident set size during one meta-step (Linux ``VmHWM``, reset through
@@ -187,20 +190,21 @@ def _proc_status_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def conv_throughput(device: str, quick: bool) -> float:
-    """GFLOP/s of one large batched 3x3 conv (forward), the machine's practical peak."""
+def conv_throughput(device: str, quick: bool, repeats: int = 3) -> float:
+    """GFLOP/s of one large batched 3x3 conv (forward), the machine's practical peak: the
+    fastest of ``repeats`` timings after a warm-up."""
     b = 64 if quick else 256
     x = torch.randn(b, HIDDEN, 14, 14, device=device)
     w = torch.randn(HIDDEN, HIDDEN, 3, 3, device=device)
     flops = 2 * 9 * HIDDEN * HIDDEN * 14 * 14 * b
     times = []
-    for _ in range(6 if quick else 11):
+    for _ in range(repeats + 1):
         sync(device)
         start = time.perf_counter()
         F.conv2d(x, w, padding=1)
         sync(device)
         times.append(time.perf_counter() - start)
-    return flops / statistics.median(times[1:]) / 1e9
+    return flops / min(times[1:]) / 1e9
 
 
 def main() -> None:
@@ -227,6 +231,7 @@ def main() -> None:
     print(f"meta-gradient check: max |package - loop| = {gap:.2e}")
 
     times: dict[str, list[float]] = {"package": [], "loop": []}
+    peaks = []  # the conv reference, timed in every round: the machine's speed drifts
     for i in range(args.steps + 1):  # the first round warms up
         for name, step in steps.items():
             sync(args.device)
@@ -235,6 +240,8 @@ def main() -> None:
             sync(args.device)
             if i:
                 times[name].append(time.perf_counter() - start)
+        if i:
+            peaks.append(conv_throughput(args.device, args.quick))
     memory_args = (model, batch, config, torch.get_num_threads())
     if args.device.startswith("cuda"):
         memory = {name: peak_memory_mb(name, *memory_args) for name in steps}
@@ -245,13 +252,14 @@ def main() -> None:
                 memory[name] = pool.apply(peak_memory_mb, (name, *memory_args))
 
     flops = maml_step_flops(args.tasks, config.inner_steps, config.first_order)
-    peak = conv_throughput(args.device, args.quick)
+    peak = statistics.median(peaks)
     print(f"{'method':<16}{'s/step':>10}{'peak MB':>10}{'GFLOP/step':>12}{'GFLOP/s':>10}")
     for name, label in (("package", "package MAML"), ("loop", "l2l-style loop")):
         t = statistics.median(times[name])
         row = f"{t:>10.3f}{memory[name]:>10.1f}{flops / 1e9:>12.2f}{flops / t / 1e9:>10.2f}"
         print(f"{label:<16}{row}")
-    print(f"conv throughput: {peak:.1f} GFLOP/s (batched conv2d, same device)")
+    print(f"conv throughput: {peak:.1f} GFLOP/s (batched conv2d, same device; median of "
+          f"{len(peaks)} rounds, range {min(peaks):.0f}-{max(peaks):.0f})")
     package, loop = statistics.median(times["package"]), statistics.median(times["loop"])
     efficiency = flops / package / 1e9 / peak
     print(f"speedup_vs_loop={loop / package:.2f} conv_efficiency={efficiency:.3f}")
