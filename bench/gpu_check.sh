@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Every check that needs CUDA, as one script sized for a short GPU lease (~5 min on an H200).
+# Every check that needs CUDA, as one script for a short GPU lease (not yet timed on a GPU).
 #
 #   bash bench/gpu_check.sh prepare   # here, with the network: wheels the GPU image may lack
 #   bash bench/gpu_check.sh           # on the GPU machine; logs go to $OUT (or gpu-check/)
 #
 # It runs, in this order, each step's output teed into one log:
 #   1. the `gpu`-marked tests: every meta-learner and self-supervised method through `fit` and
-#      `evaluate_learner` on CUDA, MAML's vmap on CUDA against the CPU loop in float64, and
-#      the augmentations on CUDA (they skip without CUDA, so a CPU-only run proves nothing);
+#      `evaluate_learner` on CUDA, MAML's vmap on CUDA against the CPU loop in float64, the
+#      augmentations and the encoder probes on CUDA (they skip without CUDA, so a CPU-only
+#      run proves nothing);
 #   2. `bench/maml_speed.py` (issue 3: the package's meta-step vs a learn2learn-style loop;
 #      the last line is `speedup_vs_loop=<x> conv_efficiency=<y>`).
 # Prepared for machines that run a CUDA image's own python3 with torch, pytest and
