@@ -21,8 +21,8 @@ Recipes. Every method uses its defaults (Adam 1e-3 with a cosine decay, the proj
 of :data:`companion.methods.SSL_HEADS`, batches of 256 images) except:
 
 - the step count, :data:`companion.methods.CPU_STEPS`, the cpu profile's default: at most
-  5 minutes of training here (130 to 273 s measured; the autoencoders, MAE and rotation
-  have room for more steps);
+  5 minutes of training here (130 to 277 s measured on one day; the machine ran 15-45%
+  slower on another, and 1.3-1.5x the steps did not lift the autoencoders' probes);
 - SimCLR at temperature 0.2 (0.5, the paper's CIFAR value, gave 80.0 5w1s while this
   issue was planned; MoCo v2 uses 0.2 too);
 - the momentum of MoCo's key encoder and BYOL's target 0.99 instead of 0.999 / 0.996:
