@@ -59,11 +59,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from companion import methods
 from companion.data import EpisodeSampler, TaskBatch, load_dataset
 from companion.meta.maml import MAML, MAMLConfig
 from companion.nets import Conv4, linear_head
 
 WAYS, SHOTS, QUERIES, SIZE, HIDDEN = 5, 1, 15, 28, 64
+OUTER_LR = methods.get("maml").training["lr"]  # beta: Adam's step size in Finn et al.
 
 
 def conv4_forward_flops(images: int, size: int = SIZE, hidden: int = HIDDEN) -> int:
@@ -86,7 +88,7 @@ def setup(args: argparse.Namespace) -> tuple[nn.Module, TaskBatch, MAMLConfig]:
     model = nn.Sequential(Conv4(1, HIDDEN), linear_head(HIDDEN, WAYS)).to(args.device)
     data = load_dataset("glyphs", "train", alphabets=2 if args.quick else 6)
     batch = EpisodeSampler(data, WAYS, SHOTS, QUERIES, seed=0).sample_batch(args.tasks)
-    config = MAMLConfig(meta_batch=args.tasks, strategy=args.strategy)
+    config = MAMLConfig(strategy=args.strategy)
     return model, batch.to(args.device), config
 
 
@@ -113,8 +115,8 @@ def make_steps(model: nn.Module, batch: TaskBatch, config: MAMLConfig):
     """The two meta-steps, each with its own copy of the initial weights and its own Adam."""
     maml = MAML(copy.deepcopy(model), config)
     loop_model = copy.deepcopy(model)
-    opt_maml = torch.optim.Adam(maml.parameters(), lr=config.outer_lr)
-    opt_loop = torch.optim.Adam(loop_model.parameters(), lr=config.outer_lr)
+    opt_maml = torch.optim.Adam(maml.parameters(), lr=OUTER_LR)
+    opt_loop = torch.optim.Adam(loop_model.parameters(), lr=OUTER_LR)
 
     def package_step() -> None:
         loss, _ = maml.meta_loss(batch)

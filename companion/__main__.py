@@ -5,20 +5,24 @@ Examples::
     python -m companion data info glyphs
     python -m companion data info omniglot            # needs the cache or the network
     python -m companion data episode glyphs --ways 5 --shots 1 --out episode.png
-    python -m companion train protonet --dataset glyphs --ways 5 --shots 1 --profile cpu
-    python -m companion eval --checkpoint runs/protonet-glyphs-5w1s/checkpoint.pt
-    python -m companion train maml --dataset omniglot --rotations --set inner_steps_test=10
-
-``--set FIELD=VALUE`` (repeatable) sets a field of the method's config dataclass
-(``MAMLConfig``, ``ProtoNetConfig``, ...); at ``eval`` it overrides the trained value (test-time
-fields such as ``inner_steps_test``; fields that change the weights' shapes are refused).
+    python -m companion train protonet --dataset omniglot --ways 5 --shots 1 --profile cpu
+    python -m companion eval --checkpoint runs/protonet-omniglot-5w1s/checkpoint.pt --shots 5
+    python -m companion train maml --dataset omniglot --set inner_steps_test=3 --lr 3e-4
 
 ``train`` meta-trains on the dataset's training split, validates on its validation split,
 leaves ``checkpoint.pt`` and ``metrics.json`` in ``--out`` (it resumes from a checkpoint
 already there), then evaluates on the test split. ``eval`` rebuilds the learner from a
-checkpoint and evaluates it, on other episodes or another dataset if asked. Sizes (steps,
-tasks per step, backbone width, image size, test episodes) come from the profile
-(``--profile`` or ``$COMPANION_PROFILE``).
+checkpoint and evaluates it, on other episodes or another dataset if asked.
+
+Where the settings come from: ``--ways/--shots/--queries`` shape the test episodes; the
+training recipe (training episodes, steps, tasks or images per step, optimiser, Omniglot's
+rotations, config fields) is the method's preset for the profile (``--profile`` or
+``$COMPANION_PROFILE``; see :data:`companion.methods.REGISTRY`), then the method's
+optimiser, then the profile's sizes, and each flag overrides its part. ``--set
+FIELD=VALUE`` (repeatable) sets a field of the method's config dataclass and nothing else
+(an unknown field is an error naming the allowed ones); at ``eval`` it overrides the trained
+value (test-time fields such as ``inner_steps_test``; fields that change the weights' shapes
+are refused).
 
 Errors in the arguments or missing data end with a one-line message on stderr and exit
 status 2.
@@ -47,7 +51,8 @@ from companion.data import (
 )
 from companion.data.batches import ImageBatchSampler
 from companion.evaluate import EvalResult, embed, knn_probe, linear_probe, split_per_class
-from companion.profiles import PROFILE_NAMES, get_profile
+from companion.profiles import PROFILE_NAMES, Profile, get_profile
+from companion.protocols import generators_of
 from companion.train import (
     CHECKPOINT,
     OPTIMIZERS,
@@ -153,13 +158,17 @@ def _load(data: dict[str, Any], split: str, root: str | None, *,
                         **options)
 
 
-def _sampler(data: dict[str, Any], split: str, root: str | None, *, seed: int,
-             training: bool = False) -> EpisodeSampler:
-    if data["ways"] < 2:
+def _check_ways(sampler: EpisodeSampler) -> EpisodeSampler:
+    if sampler.ways < 2:
         raise ValueError(f"--ways must be at least 2 (one class leaves nothing to tell apart); "
-                         f"got {data['ways']}")
-    return EpisodeSampler(_load(data, split, root, training=training), data["ways"],
-                          data["shots"], data["queries"], seed=seed)
+                         f"got {sampler.ways}")
+    return sampler
+
+
+def _sampler(data: dict[str, Any], split: str, root: str | None, *, seed: int) -> EpisodeSampler:
+    """Test or validation episodes of ``split``, shaped as ``data`` says."""
+    return _check_ways(EpisodeSampler(_load(data, split, root), data["ways"], data["shots"],
+                                      data["queries"], seed=seed))
 
 
 def _evaluate(learner: torch.nn.Module, sampler: EpisodeSampler, episodes: int, *,
@@ -170,12 +179,34 @@ def _evaluate(learner: torch.nn.Module, sampler: EpisodeSampler, episodes: int, 
                                 progress=not quiet)
 
 
+def _recipe(args: argparse.Namespace, method: methods.Method, profile: Profile) -> dict[str, Any]:
+    """The run's settings: a flag wins over the method's preset for the profile, which wins
+    over the method's training defaults (and, for what neither sets, the profile)."""
+    preset = method.preset(profile.name)
+    flags = {"steps": args.steps, "meta_batch": args.meta_batch, "lr": args.lr,
+             "optimizer": args.optimizer, "schedule": args.schedule,
+             "train_ways": args.train_ways, "train_shots": args.train_shots,
+             "train_queries": args.train_queries, "rotations": args.rotations}
+    recipe = {**method.training, **preset, **{k: v for k, v in flags.items() if v is not None}}
+    recipe["set"] = {**preset.get("set", {}), **_config_overrides(method.name, args.set)}
+    recipe.setdefault("train_ways", args.ways)
+    recipe.setdefault("train_shots", args.shots)
+    recipe.setdefault("train_queries", args.queries)
+    recipe.setdefault("rotations", False)
+    if args.dataset != "omniglot":  # rotations are Omniglot's extra classes
+        if args.rotations:
+            raise ValueError(f"--rotations applies to omniglot only; got --dataset {args.dataset}")
+        recipe["rotations"] = False
+    return recipe
+
+
 def _train(args: argparse.Namespace) -> int:
-    if args.method not in methods.METHODS:
-        raise ValueError(f"unknown method {args.method!r}; allowed: {', '.join(methods.METHODS)}")
-    if args.rotations and args.dataset != "omniglot":
-        raise ValueError(f"--rotations applies to omniglot only; got --dataset {args.dataset}")
+    method = methods.get(args.method)
     profile = get_profile(args.profile)
+    recipe = _recipe(args, method, profile)
+    if method.fixed_ways and recipe["train_ways"] != args.ways:
+        raise ValueError(f"{method.name} has a head of --train-ways {recipe['train_ways']} "
+                         f"outputs and tests on --ways {args.ways}; they must be equal")
     train_split, val_split, test_split = SPLITS[args.dataset]
     train_split = args.train_split or train_split
     val_split = None if args.val_split == "none" else args.val_split or val_split
@@ -185,36 +216,36 @@ def _train(args: argparse.Namespace) -> int:
                          "trains on; use --train-split train --val-split val")
     data = {"dataset": args.dataset, "train_split": train_split, "val_split": val_split,
             "test_split": test_split, "ways": args.ways, "shots": args.shots,
-            "queries": args.queries, "image_size": profile.image_size,
-            "rotations": args.rotations, "glyph_alphabets": profile.glyph_alphabets,
-            "seed": args.seed}
-    ssl = args.method in methods.SSL_METHODS
-    if ssl:  # unlabeled batches; the episodes below test the few-shot probe
-        train = ImageBatchSampler(_load(data, train_split, args.root, training=True),
-                                  seed=args.seed)
+            "queries": args.queries, "train_ways": recipe["train_ways"],
+            "train_shots": recipe["train_shots"], "train_queries": recipe["train_queries"],
+            "image_size": profile.image_size, "rotations": recipe["rotations"],
+            "glyph_alphabets": profile.glyph_alphabets, "seed": args.seed}
+    images = method.trains_on == "images"
+    train_set = _load(data, train_split, args.root, training=True)
+    if args.train_ways is None and data["train_ways"] > train_set.num_classes:
+        data["train_ways"] = train_set.num_classes  # a preset's higher way, on a small set
+    if images:  # unlabeled batches; the episodes below test the few-shot probe
+        train = ImageBatchSampler(train_set, seed=args.seed)
     else:
-        train = _sampler(data, train_split, args.root, seed=args.seed, training=True)
+        train = _check_ways(EpisodeSampler(train_set, data["train_ways"], data["train_shots"],
+                                           data["train_queries"], seed=args.seed))
     val = _sampler(data, val_split, args.root, seed=args.seed) if val_split else None
     test = None if args.no_eval else _sampler(data, test_split, args.root, seed=args.seed)
 
-    batch = args.meta_batch or (methods.ssl_batch_size(args.method, profile.batch_size) if ssl
-                                else profile.meta_batch)
-    steps = args.steps or (methods.ssl_default_steps(args.method, profile, len(train.dataset))
-                           if ssl else profile.train_steps)
+    batch = recipe.get("meta_batch") or (method.batch(profile.batch_size) if images
+                                         else profile.meta_batch)
+    steps = recipe.get("steps") or method.default_steps(profile, len(train.dataset))
     every = args.val_every or max(1, steps // 5)
-    settings = {k: v for k, v in {"lr": args.lr, "optimizer": args.optimizer,
-                                  "schedule": args.schedule}.items() if v is not None}
-    config = TrainConfig(**{**methods.TRAINING_DEFAULTS[args.method], **settings},
-                         steps=steps, meta_batch=batch,
-                         log_every=max(1, steps // 50), val_every=every,
-                         val_episodes=min(100, profile.eval_episodes), checkpoint_every=every,
-                         seed=args.seed, device=args.device, amp=args.amp)
-    learner_spec = {"method": args.method, "ways": args.ways, "image_size": profile.image_size,
+    loop = {k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__}
+    config = TrainConfig(**{**loop, "steps": steps, "meta_batch": batch,
+                            "log_every": max(1, steps // 50), "val_every": every,
+                            "val_episodes": min(100, profile.eval_episodes),
+                            "checkpoint_every": every, "seed": args.seed,
+                            "device": args.device, "amp": args.amp})
+    learner_spec = {"method": method.name, "ways": data["train_ways"],
+                    "image_size": profile.image_size,
                     "in_channels": train.dataset.image_shape[0],
-                    "width": args.width or profile.width,
-                    **_config_overrides(args.method, args.set)}
-    if args.method == "reptile" or ssl:
-        learner_spec["seed"] = args.seed  # the learner's own generator (minibatches, views)
+                    "width": args.width or profile.width, "seed": args.seed, **recipe["set"]}
     with torch.random.fork_rng(devices=[]):  # the initial weights follow --seed
         torch.manual_seed(args.seed)
         learner = methods.build_learner(**learner_spec)
@@ -246,12 +277,12 @@ def _eval(args: argparse.Namespace) -> int:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ValueError(f"{path} is not a checkpoint written by `python -m companion train` "
                          f"({type(err).__name__}: {first_line})") from err
-    learner_spec = {**learner_spec, **_config_overrides(learner_spec["method"], args.set)}
+    method = methods.get(learner_spec["method"])
+    learner_spec = {**learner_spec, **_config_overrides(method.name, args.set)}
     changed = {k: getattr(args, k) for k in ("dataset", "ways", "shots", "queries")
                if getattr(args, k) is not None}
     trained_ways = learner_spec["ways"]
-    if learner_spec["method"] in methods.FIXED_WAYS and changed.get("ways", trained_ways) \
-            != trained_ways:
+    if method.fixed_ways and changed.get("ways", trained_ways) != trained_ways:
         raise ValueError(f"{learner_spec['method']} was trained with a {learner_spec['ways']}-way "
                          f"head and tests only on {learner_spec['ways']}-way episodes; got "
                          f"--ways {changed['ways']}")
@@ -266,11 +297,10 @@ def _eval(args: argparse.Namespace) -> int:
     except RuntimeError as err:  # e.g. --set full_context=True on a net trained without
         raise ValueError(f"the checkpoint's weights do not fit {learner_spec['method']} with "
                          f"--set {args.set}: {str(err).splitlines()[0]}") from err
-    generator = getattr(learner, "generator", None)  # as fit left it (e.g. Reptile's)
-    if isinstance(generator, torch.Generator) and state["rng"]["learner"] is not None:
-        generator.set_state(state["rng"]["learner"])
+    for name, generator in generators_of(learner).items():  # as fit left them (Reptile's)
+        generator.set_state(state["rng"]["learner"][name])
     out = Path(args.out) if args.out else path.parent
-    ssl = learner_spec["method"] in methods.SSL_METHODS
+    ssl = method.trains_on == "images"
     if args.probe != "fewshot":
         if not ssl:
             raise ValueError(f"--probe {args.probe} tests the encoder of a self-supervised "
@@ -336,26 +366,39 @@ def build_parser() -> argparse.ArgumentParser:
     episode.set_defaults(run=_data_episode)
 
     train = commands.add_parser("train", help="meta-train a method, then evaluate it")
-    train.add_argument("method", help=f"one of: {', '.join(methods.METHODS)}")
+    train.add_argument("method", metavar="METHOD",
+                       help="; ".join(f"{m.name}: {m.summary}" for m in
+                                      methods.REGISTRY.values()))
     train.add_argument("--dataset", choices=list(DATASETS), default="glyphs")
-    train.add_argument("--ways", type=_positive, default=5)
-    train.add_argument("--shots", type=_positive, default=1)
-    train.add_argument("--queries", type=_positive, default=15, help="per class (default 15)")
+    train.add_argument("--ways", type=_positive, default=5, help="test episodes' classes")
+    train.add_argument("--shots", type=_positive, default=1, help="test episodes' shots")
+    train.add_argument("--queries", type=_positive, default=15,
+                       help="test episodes' queries per class (default 15)")
     train.add_argument("--train-split", default=None, help="default: train (omniglot: background)")
     train.add_argument("--val-split", default=None,
                        help="default: val (omniglot: none); 'none' skips validation")
-    train.add_argument("--rotations", action="store_true",
-                       help="omniglot: rotations by 90/180/270 degrees as new training classes")
-    train.add_argument("--steps", type=_positive, default=None,
-                       help="default: the profile's train_steps; self-supervised methods: "
-                            "about 5 minutes on 2 cores in cpu, `epochs` passes in full")
-    train.add_argument("--meta-batch", type=_positive, default=None,
-                       help="tasks per step, or images per step for a self-supervised "
-                            "method (default: the profile's meta_batch or batch_size; a "
-                            "quarter of it for rotation, whose images become four)")
-    train.add_argument("--lr", type=float, default=None, help="default: the method's")
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
-    train.add_argument("--schedule", choices=SCHEDULES, default=None)
+    recipe = train.add_argument_group(
+        "training recipe", "default: the method's preset for the profile (companion.methods."
+        "REGISTRY; the cpu presets are the benchmark tables' 5-minute recipes), then the "
+        "method's optimiser and the profile's sizes")
+    recipe.add_argument("--train-ways", type=_positive, default=None,
+                        help="classes of a training episode (default: --ways)")
+    recipe.add_argument("--train-shots", type=_positive, default=None,
+                        help="shots of a training episode (default: --shots)")
+    recipe.add_argument("--train-queries", type=_positive, default=None,
+                        help="queries per class of a training episode (default: --queries)")
+    recipe.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
+                        help="omniglot: rotations by 90/180/270 degrees as new training "
+                             "classes")
+    recipe.add_argument("--steps", type=_positive, default=None,
+                        help="optimiser steps (full profile, self-supervised: `epochs` "
+                             "passes over the images)")
+    recipe.add_argument("--meta-batch", type=_positive, default=None,
+                        help="tasks per step, or images per step for a self-supervised "
+                             "method (rotation takes a quarter: its images become four)")
+    recipe.add_argument("--lr", type=float, default=None, help="the outer learning rate")
+    recipe.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
+    recipe.add_argument("--schedule", choices=SCHEDULES, default=None)
     train.add_argument("--width", type=_positive, default=None,
                        help="filters per Conv-4 block (default: the profile's)")
     train.add_argument("--val-every", type=_positive, default=None)

@@ -11,12 +11,23 @@ from the normal approximation to the mean:
     s^2 = \frac{1}{n-1}\sum_{e=1}^{n} (a_e - \bar a)^2 ,
 
 where :math:`a_e` is the query accuracy of episode :math:`e`. (Some code uses the
-population standard deviation, dividing by :math:`n`; at :math:`n = 600` the two differ by
-0.08%.)
+population standard deviation, dividing by :math:`n`; the two intervals differ by the
+factor :math:`\sqrt{n / (n - 1)}`.)
 
 The simplest few-shot classifier needs no learning at all: label each query with the
 class of its nearest support image. Run on raw pixels it is the bar every method in the
 book must clear.
+
+**Probes of a frozen encoder.** A self-supervised encoder is judged by three probes that
+train nothing but a classifier on its features: a linear probe, a ``k``-nearest-neighbour
+vote, and a few-shot prototype classifier. All three read features from :func:`embed`,
+which runs the encoder in eval mode in chunks of images taken in dataset order, i.e. class
+order. An image's features are a function of that image alone only if the encoder's norm
+layers are: ``BatchNorm(track_running_stats=True)`` (the self-supervised encoders,
+``Conv4(..., norm="batch", track_running_stats=True)``), ``GroupNorm`` or no norm. With the
+meta-learners' transductive :class:`~companion.nets.BatchNorm` (batch statistics in eval
+mode too) the features of an image would change with the other images of its chunk, and a
+chunk of one class would be normalised by that class alone.
 """
 
 from __future__ import annotations
@@ -27,9 +38,9 @@ from dataclasses import dataclass
 
 import torch
 
+from companion.checks import check_choice, check_int
 from companion.data.episodes import Episode, EpisodeSampler
-
-METRICS = ("sqeuclidean", "cosine")
+from companion.meta.protonet import METRICS, class_first_shape, prototypes
 
 
 @dataclass(frozen=True)
@@ -78,8 +89,7 @@ def pairwise_distance(
         - a: ``(n, ...)``, b: ``(m, ...)`` with the same trailing size
         - returns: ``(n, m)``
     """
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+    check_choice("metric", metric, METRICS)
     a, b = a.flatten(1), b.flatten(1)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"rows must have the same size; got {a.shape[1]} and {b.shape[1]}")
@@ -153,8 +163,7 @@ def evaluate_episodes(
         grad: keep autograd on while classifying (gradient-based learners adapt on the
             support set); off by default, which saves memory and time.
     """
-    if episodes < 1:
-        raise ValueError(f"episodes must be at least 1; got {episodes}")
+    check_int("episodes", episodes)
     accuracies = []
     iterator = sampler.episodes(episodes)
     if progress:
@@ -172,7 +181,7 @@ def evaluate_episodes(
 
 # ---------------------------------------------------------------- probes of a frozen encoder
 # How good is an encoder that never saw a label? Three probes, each training nothing but a
-# classifier on top of frozen features.
+# classifier on top of frozen features (see the module docstring).
 
 
 @torch.no_grad()
@@ -180,12 +189,26 @@ def embed(encoder: torch.nn.Module, images: torch.Tensor, *,
           batch_size: int = 512) -> torch.Tensor:
     """Features of ``images`` from ``encoder`` in eval mode, batch by batch, without gradient.
 
-    The images go to the encoder's device; the features come back on it.
+    The encoder is put in eval mode for the call and given back in the mode it had. The
+    features of an image depend on that image alone, and not on ``batch_size`` or on which
+    images share its chunk, only when the encoder's norm layers use running statistics in
+    eval mode (``BatchNorm(track_running_stats=True)``, ``nn.BatchNorm2d``) or are per
+    image (``GroupNorm``, none). With the transductive default
+    ``BatchNorm(track_running_stats=False)`` each chunk is normalised with its own
+    statistics, the last chunk perhaps with those of a few images (module docstring).
+
+    The images go to the encoder's device (that of its first parameter or buffer; the
+    images' own device if it has neither); the features come back on it.
 
     Shape:
-        - images: ``(M, C, H, W)``; returns ``(M, D)``
+        - images: ``(M, C, H, W)`` (any ``(M, ...)`` the encoder takes); returns ``(M, D)``
     """
-    device = next(encoder.parameters()).device
+    check_int("batch_size", batch_size)
+    if images.ndim < 1 or len(images) == 0:
+        raise ValueError(f"embed needs at least one image (M, ...); got {tuple(images.shape)}")
+    anchor = next(iter(encoder.parameters()), None)
+    anchor = next(iter(encoder.buffers()), None) if anchor is None else anchor
+    device = images.device if anchor is None else anchor.device
     was_training = encoder.training
     encoder.eval()
     try:
@@ -200,19 +223,20 @@ def prototype_probe(encoder: torch.nn.Module, episode: Episode,
     r"""The few-shot probe: a prototype classifier on frozen features.
 
     Class ``c``'s prototype is the mean feature of its support images (Snell et al., 2017,
-    eq. 1); a query's logits are minus its distances to the prototypes. ``cosine`` (the
-    default) suits self-supervised features, whose scale carries no meaning; it also beat
-    squared Euclidean by 3 points for SimCLR on Omniglot while this book was planned.
-    The episode must be class-first (as :class:`EpisodeSampler` draws them).
+    eq. 1, :func:`companion.meta.protonet.prototypes`); a query's logits are minus its
+    distances to the prototypes. ``cosine`` (the default) suits self-supervised features,
+    whose scale carries no meaning (``bench/ssl_table.py`` reports this probe). The
+    episode must be class-first (as :class:`EpisodeSampler` draws them); a ``ValueError``
+    says so otherwise. The features come from :func:`embed` (eval mode, one chunk).
 
     Shape:
         - returns: logits ``(N*Q, N)``
     """
+    check_choice("metric", metric, METRICS)
+    ways, _ = class_first_shape(episode.support_y)  # (N, K)
     z = embed(encoder, torch.cat([episode.support_x, episode.query_x]))
     support, query = z[: len(episode.support_y)], z[len(episode.support_y):]
-    ways = int(episode.support_y.max()) + 1
-    prototypes = support.view(ways, -1, support.shape[-1]).mean(1)  # (N, D), class-first
-    return -pairwise_distance(query, prototypes, metric)
+    return -pairwise_distance(query, prototypes(support, ways), metric)  # (N*Q, N)
 
 
 def split_per_class(labels: torch.Tensor, train_fraction: float = 0.5
@@ -247,6 +271,7 @@ def linear_probe(train_z: torch.Tensor, train_y: torch.Tensor, test_z: torch.Ten
     """
     from sklearn.linear_model import LogisticRegression
 
+    check_int("max_iter", max_iter)
     mean, std = train_z.mean(0), train_z.std(0).clamp_min(1e-8)
     train = ((train_z - mean) / std).double().cpu().numpy()
     test = ((test_z - mean) / std).double().cpu().numpy()

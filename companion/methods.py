@@ -1,141 +1,144 @@
-"""Method names -> learners: the one place where ``python -m companion train protonet``
-becomes ``ProtoNet(Conv4(...), ProtoNetConfig(...))``.
+"""The registry: every method the command line and the benchmark tables know, one entry each.
 
-:func:`build_learner` is a plain ``if``/``elif`` over the names in :data:`METHODS`. Each
-branch imports its module when it runs, so a missing or broken method breaks only its own
-name. Its keyword arguments are plain data, which is why a checkpoint can store them and
-``python -m companion eval --checkpoint C`` can call it again to rebuild the learner.
+An entry (:class:`Method`) says everything the rest of the package needs to know about a
+method, in one place:
 
-Every method uses the Conv-4 backbone of the papers (:class:`companion.nets.Conv4` with the
-package's :class:`~companion.nets.BatchNorm`, which normalises with each batch's statistics
-and so is safe under ``torch.func``); gradient-based methods put a linear head with ``ways``
-outputs on it.
+- ``config``: its frozen config dataclass (only what the method reads; ``--set FIELD=VALUE``
+  sets exactly these fields) and ``defaults``, the fields this entry sets differently from
+  the dataclass (``fomaml`` is MAML with ``first_order=True``);
+- ``build``: how to make a fresh learner from a config and the data's shape (:class:`Arch`);
+- ``trains_on``: ``"episodes"`` (labelled N-way K-shot tasks from an
+  :class:`~companion.data.episodes.EpisodeSampler`) or ``"images"`` (unlabeled batches from
+  an :class:`~companion.data.batches.ImageBatchSampler`);
+- ``training``: the paper's optimiser, as fields of :class:`companion.train.TrainConfig`;
+- ``presets``: per compute profile, the training recipe that ``python -m companion train``
+  uses when no flag says otherwise. The ``cpu`` presets are the tuned 5-minute recipes of
+  ``bench/omniglot_table.py`` and ``bench/ssl_table.py`` (which read them from here), so the
+  README's command reproduces the tables' numbers in the profile's budget; the ``full``
+  presets are the papers' episode shapes and meta-batches.
+
+Adding a method is its module, its tests and one entry in :data:`REGISTRY`, read top to
+bottom. The command line takes its choices, help text and errors from here.
+
+A preset is a plain dict. Its keys are fields of :class:`~companion.train.TrainConfig`
+(``steps``, ``meta_batch``, ``lr``, ``schedule``, ...), plus the training episodes' shape
+(``train_ways``, ``train_shots``, ``train_queries``: by default the test episodes' ``--ways``
+/ ``--shots`` / ``--queries``), ``rotations`` (Omniglot only: 90/180/270-degree rotations as
+new training classes) and ``set`` (config fields). What a preset leaves out comes from the
+profile (:class:`companion.profiles.Profile`: ``train_steps``, ``meta_batch``,
+``batch_size``, and for a self-supervised method in ``full``, ``epochs`` passes over the
+training images).
+
+Every Conv-4 is the papers' four-block encoder. The meta-learners use the package's
+transductive :class:`~companion.nets.BatchNorm` (batch statistics in training and at test
+time, as in the authors' code; safe under ``torch.func``); the self-supervised encoders keep
+running statistics, so that a probe's features of an image do not depend on the other
+images in its batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from companion.checks import check_choice, check_int
+from companion.data.augment import AugmentConfig
+from companion.meta.maml import MAML, MAMLConfig, ProtoMAML
+from companion.meta.matching import MatchingConfig, MatchingNet
+from companion.meta.protonet import ProtoNet, ProtoNetConfig
+from companion.meta.reptile import Reptile, ReptileConfig
 from companion.nets import Conv4, linear_head
 from companion.profiles import Profile
+from companion.ssl.autoencoders import (
+    Autoencoder,
+    AutoencoderConfig,
+    Decoder,
+    DenoisingAutoencoder,
+    DenoisingConfig,
+)
+from companion.ssl.barlow import BarlowTwins, BarlowTwinsConfig
+from companion.ssl.byol import BYOL, BYOLConfig, SimSiam, SimSiamConfig
+from companion.ssl.learner import SelfSupervised
+from companion.ssl.mae import MAE, MAEConfig
+from companion.ssl.moco import MoCo, MoCoConfig
+from companion.ssl.pretext import RotationConfig, RotationPrediction
+from companion.ssl.simclr import SimCLR, SimCLRConfig
+from companion.ssl.vae import VAE, VAEConfig
 
-META_METHODS = ("protonet", "matchingnet", "maml", "fomaml", "anil", "protomaml", "reptile")
-SSL_METHODS = ("simclr", "moco", "byol", "simsiam", "barlow", "ae", "dae", "vae", "mae",
-               "rotation")
-"""Self-supervised methods: they train on unlabeled image batches and are tested with the
-few-shot probe (:class:`companion.ssl.learner.SelfSupervised`)."""
-METHODS = META_METHODS + SSL_METHODS
-
-FIXED_WAYS = ("maml", "fomaml", "anil", "protomaml", "reptile")
-"""Methods whose classifier has exactly ``ways`` outputs: they test on ``ways``-way episodes."""
-
-TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
-    # Snell et al. 2017 (sec. 3.1): Adam at 1e-3, halved every 2,000 episodes; Vinyals et al.
-    # give no optimiser, so Matching Networks use the same.
-    "protonet": {"optimizer": "adam", "lr": 1e-3, "schedule": "step", "decay_every": 2_000},
-    "matchingnet": {"optimizer": "adam", "lr": 1e-3, "schedule": "step", "decay_every": 2_000},
-    # Finn et al. 2017: Adam with beta = 1e-3, constant.
-    **{m: {"optimizer": "adam", "lr": 1e-3, "schedule": "none"}
-       for m in ("maml", "fomaml", "anil", "protomaml")},
-    # Nichol et al. 2018: plain SGD on the Reptile surrogate, epsilon annealed 1 -> 0.
-    "reptile": {"optimizer": "sgd", "lr": 1.0, "schedule": "linear"},
-    # Self-supervised methods: Adam with a cosine decay, a common choice for small encoders
-    # (the papers use LARS or SGD with warm-up on ImageNet-sized batches).
-    **{m: {"optimizer": "adam", "lr": 1e-3, "schedule": "cosine"} for m in SSL_METHODS},
-}
-"""Training-loop settings (fields of :class:`companion.train.TrainConfig`) per method."""
-
-SSL_HEADS: dict[str, dict[str, Any]] = {
-    "simclr": {"hidden_dim": 256, "out_dim": 128},
-    "moco": {"hidden_dim": 256, "out_dim": 128},
-    "byol": {"hidden_dim": 512, "out_dim": 128},
-    "simsiam": {"proj_dim": 512, "pred_hidden": 128},
-    "barlow": {"proj_dim": 512},
-}
-"""Projector widths for a Conv-4 encoder (64 features), in place of the papers' widths for a
-ResNet-50 (2,048 features: SimCLR 2048 -> 128, BYOL 4096 -> 256, Barlow Twins 3 x 8192),
-which would dwarf the encoder. ``--set`` overrides them."""
+TRAINS_ON = ("episodes", "images")
+EPISODE_KEYS = ("train_ways", "train_shots", "train_queries")
+PRESET_KEYS = (*EPISODE_KEYS, "rotations", "set")
+"""Preset keys besides the fields of :class:`companion.train.TrainConfig`."""
 
 
-CPU_STEPS: dict[str, int] = {
-    "simclr": 470, "moco": 470, "byol": 290, "simsiam": 460, "barlow": 380,
-    "ae": 410, "dae": 460, "vae": 420, "mae": 1_800, "rotation": 560,
-}
-"""Training steps of each self-supervised method in the ``cpu`` profile: what fits in the
-profile's 5 minutes on 2 cores with 28x28 images, a Conv-4 of width 64 (MAE: its small ViT)
-and batches of :func:`ssl_batch_size` images (measured with ``bench/ssl_table.py``)."""
+@dataclass(frozen=True)
+class Arch:
+    """The data's shape and the backbone's size, the same for every method."""
+
+    ways: int  # classes per training episode: the size of a gradient-based method's head
+    image_size: int  # side of the square input images
+    in_channels: int  # 1 for Omniglot and glyphs, 3 for colour images
+    width: int  # filters of every Conv-4 block (64 in the papers)
+    seed: int = 0  # seed of the learner's own generator (augmentations, minibatches)
 
 
-def ssl_batch_size(method: str, batch_size: int) -> int:
-    """Images per step for a self-supervised ``method`` given the profile's ``batch_size``.
+@dataclass(frozen=True)
+class Method:
+    """One registry entry (see the module docstring)."""
 
-    Rotation prediction turns every image into four (Gidaris et al., 2018, sec. 2.2), so
-    it takes a quarter of the images and a step costs about what the others' do.
+    name: str
+    summary: str  # one line for ``--help``
+    config: type  # the method's config dataclass
+    build: Callable[[Any, Arch], nn.Module]  # (config, arch) -> a fresh learner
+    trains_on: str  # "episodes" or "images"
+    training: Mapping[str, Any]  # TrainConfig fields: the paper's optimiser
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # config fields set by this entry
+    arch_fields: Callable[[Arch], dict[str, Any]] | None = None  # config fields from the data
+    fixed_ways: bool = False  # its head has exactly `ways` outputs: tests on `ways`-way only
+    images_per_example: int = 1  # images each training example becomes (rotation: 4)
+
+    def fields(self) -> tuple[str, ...]:
+        """The config fields ``--set`` accepts, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(self.config))
+
+    def preset(self, profile: str) -> dict[str, Any]:
+        """This method's recipe in ``profile`` (a copy; ``{}`` when it has none)."""
+        return dict(self.presets.get(profile, {}))
+
+    def batch(self, batch_size: int) -> int:
+        """Images per step for a profile's ``batch_size`` (a self-supervised method).
+
+        Rotation prediction turns every image into four (Gidaris et al., 2018, sec. 2.2), so
+        it takes a quarter of the images and a step costs about what the others' do.
+        """
+        return max(1, batch_size // self.images_per_example)
+
+    def default_steps(self, profile: Profile, images: int) -> int:
+        """Training steps when neither a flag nor the preset's ``steps`` gives them: the
+        profile's ``train_steps``, or for a self-supervised method in the ``full`` profile,
+        ``profile.epochs`` passes over its ``images`` training images."""
+        if self.trains_on == "images" and profile.name == "full":
+            batch = self.preset(profile.name).get("meta_batch", self.batch(profile.batch_size))
+            return math.ceil(profile.epochs * images / batch)
+        return profile.train_steps
+
+
+# ---- builders: (config, arch) -> learner -------------------------------------------------
+
+def conv4(in_channels: int, width: int, *, running_stats: bool = False) -> Conv4:
+    """The papers' four-block encoder with ``width`` filters.
+
+    ``running_stats=False``: transductive batch norm (the meta-learners); ``True``: running
+    statistics in ``eval()`` (the self-supervised encoders, so probe features are per image).
     """
-    return max(1, batch_size // 4) if method == "rotation" else batch_size
-
-
-def ssl_default_steps(method: str, profile: Profile, images: int) -> int:
-    """Training steps of a self-supervised ``method`` when none are asked for.
-
-    ``smoke``: the profile's ``train_steps``; ``cpu``: :data:`CPU_STEPS` (a 5-minute
-    budget); ``full``: ``profile.epochs`` passes over the ``images`` training images.
-    """
-    if method not in SSL_METHODS:
-        raise ValueError(f"{method!r} is not a self-supervised method; allowed: "
-                         f"{', '.join(SSL_METHODS)}")
-    if profile.name == "cpu":
-        return CPU_STEPS[method]
-    if profile.name == "full":
-        return math.ceil(profile.epochs * images / ssl_batch_size(method, profile.batch_size))
-    return profile.train_steps
-
-
-def config_class(method: str) -> type:
-    """The config dataclass whose fields ``build_learner(method, **kwargs)`` accepts.
-
-    Raises:
-        ValueError: unknown ``method``.
-    """
-    if method == "protonet":
-        from companion.meta.protonet import ProtoNetConfig
-
-        return ProtoNetConfig
-    if method == "matchingnet":
-        from companion.meta.matching import MatchingConfig
-
-        return MatchingConfig
-    if method in ("maml", "fomaml", "anil", "protomaml"):
-        from companion.meta.maml import MAMLConfig
-
-        return MAMLConfig
-    if method == "reptile":
-        from companion.meta.reptile import ReptileConfig
-
-        return ReptileConfig
-    if method in SSL_METHODS:
-        return _ssl_parts(method)[1]
-    raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
-
-
-def check_config_fields(method: str, fields: dict[str, Any]) -> None:
-    """Raise a ``ValueError`` naming the allowed fields if ``fields`` has an unknown one."""
-    allowed = sorted(f.name for f in dataclasses.fields(config_class(method)))
-    unknown = sorted(set(fields) - set(allowed))
-    if unknown:
-        raise ValueError(f"{method} has no config field {', '.join(map(repr, unknown))}; "
-                         f"allowed: {', '.join(allowed)}")
-
-
-def conv4(in_channels: int, width: int) -> Conv4:
-    """The papers' four-block encoder with ``width`` filters and transductive batch norm."""
-    return Conv4(in_channels, hidden=width, norm="batch")
+    return Conv4(in_channels, hidden=width, norm="batch", track_running_stats=running_stats)
 
 
 def conv4_classifier(ways: int, image_size: int, in_channels: int, width: int) -> nn.Sequential:
@@ -144,126 +147,250 @@ def conv4_classifier(ways: int, image_size: int, in_channels: int, width: int) -
     return nn.Sequential(body, linear_head(body.out_features(image_size), ways))
 
 
+def _protonet(config: ProtoNetConfig, arch: Arch) -> ProtoNet:
+    return ProtoNet(conv4(arch.in_channels, arch.width), config)
+
+
+def _matchingnet(config: MatchingConfig, arch: Arch) -> MatchingNet:
+    encoder = conv4(arch.in_channels, arch.width)
+    return MatchingNet(encoder, config, feature_dim=encoder.out_features(arch.image_size))
+
+
+def _maml(config: MAMLConfig, arch: Arch) -> MAML:
+    return MAML(conv4_classifier(arch.ways, arch.image_size, arch.in_channels, arch.width),
+                config)
+
+
+def _protomaml(config: MAMLConfig, arch: Arch) -> ProtoMAML:
+    return ProtoMAML(conv4(arch.in_channels, arch.width), arch.ways, config)
+
+
+def _reptile(config: ReptileConfig, arch: Arch) -> Reptile:
+    return Reptile(conv4_classifier(arch.ways, arch.image_size, arch.in_channels, arch.width),
+                   config, seed=arch.seed)
+
+
+def _self_supervised(make: Callable[[Any, Arch, nn.Module, int, torch.Generator], nn.Module],
+                     *, augmented: bool) -> Callable[[Any, Arch], SelfSupervised]:
+    """A builder that wraps ``make(config, arch, encoder, features, generator)`` in
+    :class:`SelfSupervised`, with the glyph (one channel) or colour augmentations when
+    ``augmented``. One generator, seeded by ``arch.seed``, draws every random number of the
+    method (views, noise, masks, the MoCo queue's start), so a resumed run equals an
+    uninterrupted one."""
+
+    def build(config: Any, arch: Arch) -> SelfSupervised:
+        generator = torch.Generator().manual_seed(arch.seed)
+        encoder = conv4(arch.in_channels, arch.width, running_stats=True)
+        model = make(config, arch, encoder, encoder.out_features(arch.image_size), generator)
+        augment = None
+        if augmented:
+            augment = AugmentConfig.glyphs() if arch.in_channels == 1 else AugmentConfig.rgb()
+        return SelfSupervised(model, augment, generator=generator)
+
+    return build
+
+
+def _mae(config: MAEConfig, arch: Arch) -> SelfSupervised:
+    """MAE sees the images as they are; its one generator draws the masks."""
+    generator = torch.Generator().manual_seed(arch.seed)
+    return SelfSupervised(MAE(config, generator=generator), None, generator=generator)
+
+
+def _decoder(arch: Arch, features: int) -> Decoder:
+    return Decoder(features, arch.in_channels, arch.image_size)
+
+
+# ---- shared recipes ------------------------------------------------------------------------
+
+SNELL_OPTIMISER = {"optimizer": "adam", "lr": 1e-3, "schedule": "step", "decay_every": 2_000}
+"""Snell et al. 2017 (sec. 3.1): Adam at 1e-3, halved every 2,000 episodes. Vinyals et al.
+give no optimiser, so Matching Networks use the same."""
+FINN_OPTIMISER = {"optimizer": "adam", "lr": 1e-3, "schedule": "none"}
+"""Finn et al. 2017 (sec. 5 and their code): Adam with beta = 1e-3, constant."""
+SSL_OPTIMISER = {"optimizer": "adam", "lr": 1e-3, "schedule": "cosine"}
+"""Self-supervised methods: Adam with a cosine decay, a common choice for small encoders (the
+papers use LARS or SGD with warm-up on ImageNet-sized batches)."""
+
+METRIC_CPU = {"train_ways": 20, "train_queries": 5, "meta_batch": 1, "schedule": "cosine",
+              "rotations": True}
+"""The 5-minute recipe of the metric learners (``bench/omniglot_table.py``): 20-way training
+(Snell et al., sec. 3.1, "higher way in training than at test"; their 60-way costs 3.8x more
+per step, too much for 5 minutes), 5 queries per class, one episode per step, a cosine
+decay to 0 and the rotated characters as new classes (Santoro et al., 2016; Vinyals et al.,
+2016)."""
+GRADIENT_CPU = {"train_queries": 1, "meta_batch": 8, "rotations": True,
+                "set": {"inner_steps_test": 10}}
+"""The 5-minute recipe of the gradient-based learners: 1 query per class in training, as
+MAML's code does (``num_samples_per_class = 2 * update_batch_size``); 8 tasks per step
+instead of 32 (more, noisier steps in the same time); Adam at the paper's 1e-3; 10 inner
+steps at test instead of 3."""
+GRADIENT_FULL = {"train_queries": 1, "meta_batch": 32, "steps": 60_000}
+"""Finn et al.'s Omniglot protocol (sec. 5.2 and their code's README): 32 tasks per step,
+60,000 meta-steps, one query per class."""
+SSL_HEADS = {
+    "simclr": {"hidden_dim": 256, "out_dim": 128},
+    "moco": {"hidden_dim": 256, "out_dim": 128},
+    "byol": {"hidden_dim": 512, "out_dim": 128},
+    "simsiam": {"proj_dim": 512, "pred_hidden": 128},
+    "barlow": {"proj_dim": 512},
+}
+"""Projector widths for a Conv-4 encoder (64 features), in place of the papers' widths for a
+ResNet-50 (2,048 features: SimCLR 2048 -> 128, BYOL 4096 -> 256, Barlow Twins 3 x 8192),
+which would dwarf the encoder."""
+def _ssl_cpu(steps: int, **fields: Any) -> dict[str, Any]:
+    """A self-supervised method's 5-minute recipe: ``steps`` steps of the profile's batch
+    (what fits in 5 minutes on 2 cores with 28x28 images and a Conv-4 of width 64, measured
+    with ``bench/ssl_table.py``) and the config ``fields`` that recipe sets."""
+    return {"steps": steps, **({"set": fields} if fields else {})}
+
+
+# ---- the registry ----------------------------------------------------------------------------
+
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("protonet", "Prototypical Networks (Snell et al., 2017)", ProtoNetConfig,
+           _protonet, "episodes", SNELL_OPTIMISER,
+           presets={"cpu": {**METRIC_CPU, "steps": 2_700},
+                    # Snell et al. sec. 3.1: 60-way episodes with 5 queries per class
+                    "full": {"train_ways": 60, "train_queries": 5, "meta_batch": 1}}),
+    Method("matchingnet", "Matching Networks (Vinyals et al., 2016)", MatchingConfig,
+           _matchingnet, "episodes", SNELL_OPTIMISER,
+           # scale 10: Conv-4 features are non-negative, so cosines lie in [0, 1] and with
+           # the paper's scale 1 the attention of eq. 2 stays nearly uniform
+           presets={"cpu": {**METRIC_CPU, "steps": 2_900, "set": {"scale": 10.0}},
+                    "full": {"meta_batch": 1}}),
+    Method("maml", "MAML, second order (Finn et al., 2017)", MAMLConfig, _maml, "episodes",
+           FINN_OPTIMISER, presets={"cpu": {**GRADIENT_CPU, "steps": 1_400},
+                                    "full": GRADIENT_FULL}, fixed_ways=True),
+    Method("fomaml", "first-order MAML (Finn et al., 2017, sec. 5.2)", MAMLConfig, _maml,
+           "episodes", FINN_OPTIMISER, defaults={"first_order": True},
+           presets={"cpu": {**GRADIENT_CPU, "steps": 2_700}, "full": GRADIENT_FULL},
+           fixed_ways=True),
+    Method("anil", "ANIL: MAML adapting the head only (Raghu et al., 2020)", MAMLConfig,
+           _maml, "episodes", FINN_OPTIMISER, defaults={"adapt": "head"},
+           presets={"cpu": {**GRADIENT_CPU, "steps": 2_900}, "full": GRADIENT_FULL},
+           fixed_ways=True),
+    Method("protomaml", "Proto-MAML (Triantafillou et al., 2020)", MAMLConfig, _protomaml,
+           "episodes", FINN_OPTIMISER,
+           presets={"cpu": {**GRADIENT_CPU, "steps": 1_900,
+                            "set": {**GRADIENT_CPU["set"], "first_order": True}},
+                    "full": GRADIENT_FULL}, fixed_ways=True),
+    # Nichol et al. 2018 and openai/supervised-reptile's README: plain SGD on the surrogate
+    # with epsilon annealed linearly 1 -> 0, 10 shots per class in the inner loop, 5 tasks
+    # per meta-step, 100,000 meta-steps.
+    Method("reptile", "Reptile (Nichol et al., 2018)", ReptileConfig, _reptile, "episodes",
+           {"optimizer": "sgd", "lr": 1.0, "schedule": "linear"},
+           presets={"cpu": {"train_shots": 10, "train_queries": 1, "meta_batch": 5,
+                            "steps": 650, "rotations": True},
+                    "full": {"train_shots": 10, "train_queries": 1, "meta_batch": 5,
+                             "steps": 100_000}}, fixed_ways=True),
+    # SimCLR at temperature 0.2 (0.5, the paper's CIFAR value, learns slower in 5 minutes;
+    # MoCo v2 uses 0.2 too).
+    Method("simclr", "SimCLR (Chen et al., 2020)", SimCLRConfig,
+           _self_supervised(lambda c, a, e, f, g: SimCLR(e, f, c), augmented=True),
+           "images", SSL_OPTIMISER, defaults=SSL_HEADS["simclr"],
+           presets={"cpu": _ssl_cpu(470, temperature=0.2)}),
+    # MoCo's key encoder and BYOL's target at momentum 0.99 instead of 0.999 / 0.996: with a
+    # few hundred steps, a target averaging the last 1,000 would barely leave its start.
+    # (BYOL's recipe keeps it constant, as measured in bench/ssl_table.py; the config's
+    # default is the paper's cosine schedule to 1.)
+    Method("moco", "MoCo v2 (He et al., 2020; Chen et al., 2020)", MoCoConfig,
+           _self_supervised(lambda c, a, e, f, g: MoCo(e, f, c, generator=g), augmented=True),
+           "images", SSL_OPTIMISER, defaults=SSL_HEADS["moco"],
+           presets={"cpu": _ssl_cpu(470, momentum=0.99)}),
+    Method("byol", "BYOL (Grill et al., 2020)", BYOLConfig,
+           _self_supervised(lambda c, a, e, f, g: BYOL(e, f, c), augmented=True),
+           "images", SSL_OPTIMISER, defaults=SSL_HEADS["byol"],
+           presets={"cpu": _ssl_cpu(290, momentum=0.99, momentum_schedule="constant")}),
+    Method("simsiam", "SimSiam (Chen & He, 2021)", SimSiamConfig,
+           _self_supervised(lambda c, a, e, f, g: SimSiam(e, f, c), augmented=True),
+           "images", SSL_OPTIMISER, defaults=SSL_HEADS["simsiam"],
+           presets={"cpu": _ssl_cpu(460)}),
+    Method("barlow", "Barlow Twins (Zbontar et al., 2021)", BarlowTwinsConfig,
+           _self_supervised(lambda c, a, e, f, g: BarlowTwins(e, f, c), augmented=True),
+           "images", SSL_OPTIMISER, defaults=SSL_HEADS["barlow"],
+           presets={"cpu": _ssl_cpu(380)}),
+    Method("ae", "autoencoder", AutoencoderConfig,
+           _self_supervised(lambda c, a, e, f, g: Autoencoder(e, _decoder(a, f), c),
+                            augmented=False),
+           "images", SSL_OPTIMISER, presets={"cpu": _ssl_cpu(410)}),
+    Method("dae", "denoising autoencoder (Vincent et al., 2008)", DenoisingConfig,
+           _self_supervised(lambda c, a, e, f, g: DenoisingAutoencoder(
+               e, _decoder(a, f), c, generator=g), augmented=False),
+           "images", SSL_OPTIMISER, presets={"cpu": _ssl_cpu(460)}),
+    Method("vae", "variational autoencoder (Kingma & Welling, 2014)", VAEConfig,
+           _self_supervised(lambda c, a, e, f, g: VAE(
+               e, _decoder(a, c.latent_dim), f, c, generator=g), augmented=False),
+           "images", SSL_OPTIMISER, presets={"cpu": _ssl_cpu(420)}),
+    # MAE with per-patch normalised targets in the cpu recipe (He et al., 2022, sec. 3, the
+    # setting of their pre-training runs; the config's default is off, as in their code).
+    Method("mae", "masked autoencoder, its own small ViT (He et al., 2022)", MAEConfig,
+           _mae, "images", SSL_OPTIMISER,
+           arch_fields=lambda a: {"image_size": a.image_size, "channels": a.in_channels},
+           presets={"cpu": _ssl_cpu(1_800, norm_pix_loss=True)}),
+    Method("rotation", "rotation prediction (Gidaris et al., 2018)", RotationConfig,
+           _self_supervised(lambda c, a, e, f, g: RotationPrediction(e, f, c), augmented=True),
+           "images", SSL_OPTIMISER, images_per_example=4,
+           presets={"cpu": _ssl_cpu(560)}),
+)}
+"""Every method, by the name the command line uses."""
+
+METHODS = tuple(REGISTRY)
+
+
+def get(name: str) -> Method:
+    """The registry entry of ``name``; a ``ValueError`` listing the methods otherwise."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def names(trains_on: str) -> tuple[str, ...]:
+    """The methods that train on ``"episodes"`` or on ``"images"``."""
+    check_choice("trains_on", trains_on, TRAINS_ON)
+    return tuple(m.name for m in REGISTRY.values() if m.trains_on == trains_on)
+
+
+def check_config_fields(method: str, fields: Mapping[str, Any]) -> None:
+    """Raise a ``ValueError`` naming the allowed fields if ``fields`` has an unknown one."""
+    allowed = sorted(get(method).fields())
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise ValueError(f"{method} has no config field {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(allowed)} (training-loop settings such as the "
+                         "learning rate and steps are flags: --lr, --steps, --meta-batch, ...)")
+
+
 def build_learner(method: str, *, ways: int, image_size: int, in_channels: int, width: int,
-                  **kwargs: Any) -> nn.Module:
+                  seed: int = 0, **fields: Any) -> nn.Module:
     """A fresh learner for ``method`` on ``ways``-way episodes of ``image_size`` images.
 
+    Its keyword arguments are plain data, which is why a checkpoint can store them and
+    ``python -m companion eval --checkpoint C`` can call this again to rebuild the learner.
+
     Args:
-        method: one of :data:`METHODS`.
+        method: a name in :data:`REGISTRY`.
         ways: classes per episode (the size of the gradient-based methods' heads).
         image_size: side of the square input images.
         in_channels: channels of the input images.
         width: filters of every Conv-4 block (64 in the papers).
-        **kwargs: fields of the method's config dataclass (``ProtoNetConfig``,
-            ``MatchingConfig``, ``MAMLConfig``, ``ReptileConfig``); for ``reptile`` also
-            ``seed``, the seed of its inner-minibatch generator.
+        seed: seed of the learner's own generator (Reptile's minibatches, the
+            self-supervised methods' augmentations, noise and masks).
+        **fields: fields of the method's config dataclass, over the entry's defaults.
 
     Raises:
-        ValueError: unknown ``method``.
+        ValueError: unknown ``method`` or config field.
 
     Example:
         >>> learner = build_learner("protonet", ways=5, image_size=28, in_channels=1, width=8)
         >>> type(learner).__name__
         'ProtoNet'
+        >>> fomaml = build_learner("fomaml", ways=5, image_size=28, in_channels=1, width=8)
+        >>> fomaml.config.first_order
+        True
     """
-    if method == "protonet":
-        from companion.meta.protonet import ProtoNet, ProtoNetConfig
-
-        return ProtoNet(conv4(in_channels, width), ProtoNetConfig(**kwargs))
-    if method == "matchingnet":
-        from companion.meta.matching import MatchingConfig, MatchingNet
-
-        encoder = conv4(in_channels, width)
-        return MatchingNet(encoder, MatchingConfig(**kwargs),
-                           feature_dim=encoder.out_features(image_size))
-    if method in ("maml", "fomaml", "anil"):
-        from companion.meta.maml import MAML, MAMLConfig
-
-        variant = {"maml": {}, "fomaml": {"first_order": True}, "anil": {"adapt": "head"}}
-        config = MAMLConfig(**{**variant[method], **kwargs})
-        return MAML(conv4_classifier(ways, image_size, in_channels, width), config)
-    if method == "protomaml":
-        from companion.meta.maml import MAMLConfig, ProtoMAML
-
-        return ProtoMAML(conv4(in_channels, width), ways, MAMLConfig(**kwargs))
-    if method == "reptile":
-        from companion.meta.reptile import Reptile, ReptileConfig
-
-        seed = kwargs.pop("seed", 0)
-        return Reptile(conv4_classifier(ways, image_size, in_channels, width),
-                       ReptileConfig(**kwargs), seed=seed)
-    if method in SSL_METHODS:
-        return build_self_supervised(method, image_size=image_size, in_channels=in_channels,
-                                     width=width, **kwargs)
-    raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
-
-
-SSL_CLASSES: dict[str, tuple[str, str, str]] = {
-    "simclr": ("simclr", "SimCLR", "SimCLRConfig"),
-    "moco": ("moco", "MoCo", "MoCoConfig"),
-    "byol": ("byol", "BYOL", "BYOLConfig"),
-    "simsiam": ("byol", "SimSiam", "SimSiamConfig"),
-    "barlow": ("barlow", "BarlowTwins", "BarlowTwinsConfig"),
-    "ae": ("autoencoders", "Autoencoder", "AutoencoderConfig"),
-    "dae": ("autoencoders", "DenoisingAutoencoder", "DenoisingConfig"),
-    "vae": ("vae", "VAE", "VAEConfig"),
-    "mae": ("mae", "MAE", "MAEConfig"),
-    "rotation": ("pretext", "RotationPrediction", "RotationConfig"),
-}
-"""Where each self-supervised method lives: (module of ``companion.ssl``, class, config)."""
-
-
-def _ssl_parts(method: str) -> tuple[type, type]:
-    """(method class, config class) of a self-supervised method, imported on demand."""
-    if method not in SSL_CLASSES:
-        raise ValueError(f"unknown self-supervised method {method!r}; allowed: "
-                         f"{', '.join(SSL_METHODS)}")
-    module, cls, config = SSL_CLASSES[method]
-    module = importlib.import_module(f"companion.ssl.{module}")
-    return getattr(module, cls), getattr(module, config)
-
-
-def build_self_supervised(method: str, *, image_size: int, in_channels: int, width: int,
-                          seed: int = 0, **kwargs: Any) -> nn.Module:
-    """A :class:`~companion.ssl.learner.SelfSupervised` learner around ``method``.
-
-    The encoder is Conv-4 with ``width`` filters (MAE: its own small ViT, sized by its
-    config); the augmentations are ``AugmentConfig.glyphs()`` for one-channel images and
-    ``AugmentConfig.rgb()`` otherwise, for the two-view methods and rotation prediction
-    (the autoencoders and MAE see the images as they are). One generator, seeded by
-    ``seed``, draws every random number (augmentations, noise, masks, the MoCo queue's
-    start), so a resumed run equals an uninterrupted one. ``kwargs`` are fields of the
-    method's config; :data:`SSL_HEADS` gives the projector widths unless they are set.
-    """
-    from companion.data.augment import AugmentConfig
-    from companion.ssl.learner import SelfSupervised
-
-    cls, config_cls = _ssl_parts(method)
-    generator = torch.Generator().manual_seed(seed)
-    if method == "mae":  # the ViT's input size follows the data unless set
-        kwargs = {"image_size": image_size, "channels": in_channels, **kwargs}
-    config = config_cls(**{**SSL_HEADS.get(method, {}), **kwargs})
-    if method == "mae":
-        model = cls(config, generator=generator)
-    else:
-        encoder = conv4(in_channels, width)
-        features = encoder.out_features(image_size)
-        if method in ("ae", "dae"):
-            from companion.ssl.autoencoders import Decoder
-
-            decoder = Decoder(features, in_channels, image_size)
-            extra = {"generator": generator} if method == "dae" else {}
-            model = cls(encoder, decoder, config, **extra)
-        elif method == "vae":
-            from companion.ssl.autoencoders import Decoder
-
-            decoder = Decoder(config.latent_dim, in_channels, image_size)
-            model = cls(encoder, decoder, features, config, generator=generator)
-        elif method == "moco":
-            model = cls(encoder, features, config, generator=generator)
-        else:
-            model = cls(encoder, features, config)
-    augment = None
-    if model.views == 2 or method == "rotation":
-        augment = AugmentConfig.glyphs() if in_channels == 1 else AugmentConfig.rgb()
-    return SelfSupervised(model, augment, generator=generator)
+    entry = get(method)
+    check_config_fields(method, fields)
+    arch = Arch(check_int("ways", ways), check_int("image_size", image_size),
+                check_int("in_channels", in_channels), check_int("width", width), seed)
+    shaped = entry.arch_fields(arch) if entry.arch_fields else {}
+    return entry.build(entry.config(**{**entry.defaults, **shaped, **fields}), arch)

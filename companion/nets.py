@@ -28,17 +28,38 @@ al., 2017, Sec. 5.1).
 or one of the names in :data:`NORMS`. The default, :class:`BatchNorm`, is batch
 normalisation (Ioffe & Szegedy, 2015),
 
-.. math:: y = \gamma \frac{x - \mu_B}{\sqrt{\sigma_B^2 + \epsilon}} + \beta,
+.. math:: y = \gamma \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta,
 
-that always uses the statistics of the current batch and keeps no running buffers, which is
-what MAML does ("transductive" BN: each task is normalised with its own statistics). It
-equals ``nn.BatchNorm2d(track_running_stats=False)``, but that built-in gives a wrong
-second-order meta-gradient (off by about 1e-2 in torch 2.13, forward losses exact) when
-``torch.func.vmap`` maps over tasks that share the meta-parameters, the usual MAML
-meta-batch. So :class:`BatchNorm` switches to plain tensor ops under ``vmap``
-(:func:`batch_norm_ops`, exact) and uses the fused kernel everywhere else
-(``tests/test_nets.py`` checks both paths). Forward passes check only shapes, so every
-network here is safe to ``vmap``.
+where :math:`\mu, \sigma^2` are the current batch's mean and (biased) variance per channel,
+or, in eval mode with ``track_running_stats=True``, running averages of them collected in
+training. It equals ``nn.BatchNorm2d`` with the same settings, but that built-in gives a
+wrong second-order meta-gradient (forward losses exact) when ``torch.func.vmap`` maps over
+tasks that share the meta-parameters, the usual MAML meta-batch
+(``test_torch_batchnorm2d_vmap_second_order`` in ``tests/test_nets.py`` shows it). So
+:class:`BatchNorm` switches to plain tensor ops under ``vmap`` (:func:`batch_norm_ops`,
+exact) and uses the fused kernel everywhere else (``tests/test_nets.py`` checks both
+paths). Forward passes check only shapes, so every network here is safe to ``vmap``.
+
+**Batch statistics or running statistics: which is used where, and why.**
+
+- *Meta-learners* (MAML, ANIL, Proto-MAML, Reptile, ProtoNet, Matching Networks) use the
+  default ``track_running_stats=False``: every forward pass, in train and eval mode alike,
+  is normalised with the statistics of its own batch, and no buffers exist. This is the
+  "transductive" setting of MAML's code (Finn et al. call TensorFlow's ``batch_norm``
+  without ``is_training``, so it always uses batch statistics, at test time too): each
+  task is normalised with the statistics of its own images, so a query's logits depend on
+  the other images of its episode. It is also the only setting that is pure under
+  ``vmap``/``grad`` (no buffers to update).
+- *Self-supervised encoders* are built with ``track_running_stats=True`` (e.g.
+  ``Conv4(in_channels, hidden=width, norm="batch", track_running_stats=True)``): training
+  normalises with the batch and keeps running averages, and eval mode normalises with
+  those, so each image's features are a function of that image alone. The linear, kNN and
+  few-shot probes of :mod:`companion.evaluate` then measure the encoder, not the
+  composition of the batch the probe happened to form (dataset order is class order, so a
+  chunk of images is often a single class).
+
+``GroupNorm`` (``norm="group"``, Wu & He, 2018) and ``"instance"`` are per image in both
+modes and keep no buffers.
 
 **ReLU after the max-pool.** ReLU and LeakyReLU are increasing, so they commute with a
 max-pool: ``pool(relu(h)) = relu(pool(h))``, gradients included. The blocks pool first,
@@ -61,71 +82,158 @@ import torch.nn.functional as F
 from torch import nn
 from torch._C import _functorch
 
+from companion.checks import check_int, check_positive
+
 NormFactory = Callable[[int], nn.Module]
 
 
 class BatchNorm(nn.Module):
-    """Batch norm from the current batch's statistics only, safe under ``torch.func.vmap``.
+    """Batch norm that is safe under ``torch.func``, with or without running statistics.
 
     Normalises over every dimension but the channel dimension 1, with the biased variance
-    (as ``nn.BatchNorm*`` does in training), in train and eval mode alike. Outside ``vmap``
-    it calls PyTorch's fused kernel (``F.batch_norm``, exact there, and about 1.5x faster
-    for a second-order MAML step on the CPU); under ``vmap`` it computes the same function
-    with plain tensor ops (:func:`batch_norm_ops`), because the fused kernel's second-order
-    gradient is wrong there (see the module docstring).
+    of the batch (as ``nn.BatchNorm*`` does in training). The arguments and buffers are
+    PyTorch's (``nn.BatchNorm2d``), and so is what they do, except for the default of
+    ``track_running_stats``:
+
+    - ``track_running_stats=False`` (the default; the meta-learners' transductive setting,
+      see the module docstring): batch statistics in train *and* eval mode; no buffers.
+    - ``track_running_stats=True``: in train mode, batch statistics, and the buffers
+      ``running_mean`` and ``running_var`` move towards the batch's mean and *unbiased*
+      variance, ``r <- (1 - momentum) r + momentum * stat`` (``momentum=None``: the
+      cumulative average over the ``num_batches_tracked`` batches so far); in eval mode,
+      the running statistics, so each example is normalised on its own.
+
+    Under a ``torch.func`` transform (``vmap``, ``grad``, ...) the buffers are left
+    untouched: a transform maps a pure function, and an in-place update of a module's
+    buffer from inside it would store a transform's intermediate value (``nn.BatchNorm*``
+    raises there instead). Train mode still normalises with the batch there; eval mode
+    still reads the buffers. Outside ``vmap`` the forward calls PyTorch's fused kernel
+    (``F.batch_norm``, which also updates the buffers exactly as ``nn.BatchNorm2d`` does);
+    under ``vmap`` it computes the same function with plain tensor ops
+    (:func:`batch_norm_ops`), because the fused kernel's second-order gradient is wrong
+    there (see the module docstring).
 
     Args:
         num_features: number of channels ``C``.
         eps: added to the variance before the square root.
+        momentum: weight of the new batch in the running averages, in ``[0, 1]``, or
+            ``None`` for a cumulative average; read only with ``track_running_stats``.
         affine: learn a per-channel scale ``weight`` (gamma, init 1) and shift ``bias``
             (beta, init 0).
+        track_running_stats: keep running statistics and normalise with them in eval mode.
 
     Shape:
-        - x: ``(B, C)`` or ``(B, C, *)`` with at least two values per channel
+        - x: ``(B, C)`` or ``(B, C, *)``; with batch statistics at least two values per
+          channel
         - returns: same shape as ``x``
+
+    Example:
+        >>> bn = BatchNorm(2, track_running_stats=True)
+        >>> x = torch.tensor([[0.0, 10.0], [2.0, 30.0]])  # (B=2, C=2)
+        >>> bn(x)  # train mode: the batch's statistics
+        tensor([[-1.0000, -1.0000],
+                [ 1.0000,  1.0000]], grad_fn=<NativeBatchNormBackward0>)
+        >>> bn.running_mean, bn.running_var  # 0.9 * (0, 1) + 0.1 * (mean, unbiased var)
+        (tensor([0.1000, 2.0000]), tensor([ 1.1000, 20.9000]))
+        >>> bn.eval()(x[:1]).shape  # eval mode: the running statistics, one example is fine
+        torch.Size([1, 2])
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = False,
+    ) -> None:
         super().__init__()
-        _check_width(num_features, "num_features")
+        check_int("num_features", num_features)
+        check_positive("eps", eps)
+        if momentum is not None and (
+            isinstance(momentum, bool) or not isinstance(momentum, int | float)
+            or not 0 <= momentum <= 1
+        ):
+            raise ValueError(f"momentum must be a number in [0, 1] or None; got {momentum!r}")
+        _check_bool("affine", affine)
+        _check_bool("track_running_stats", track_running_stats)
         self.num_features = num_features
         self.eps = eps
+        self.momentum = momentum
         self.affine = affine
+        self.track_running_stats = track_running_stats
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features))
             self.bias = nn.Parameter(torch.zeros(num_features))
+        if track_running_stats:  # nn.BatchNorm*'s buffers, names and initial values
+            self.register_buffer("running_mean", torch.zeros(num_features))
+            self.register_buffer("running_var", torch.ones(num_features))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim < 2 or x.shape[1] != self.num_features:
             raise ValueError(
                 f"BatchNorm expects input (B, {self.num_features}, *); got {tuple(x.shape)}"
             )
+        weight, bias = (self.weight, self.bias) if self.affine else (None, None)
+        if self.track_running_stats and not self.training:  # per example
+            if _under_vmap():
+                return batch_norm_ops(x, weight, bias, self.eps,
+                                      mean=self.running_mean, var=self.running_var)
+            return F.batch_norm(x, self.running_mean, self.running_var, weight, bias,
+                                training=False, eps=self.eps)
         if math.prod(x.shape) // x.shape[1] < 2:
             raise ValueError(
-                f"BatchNorm needs more than one value per channel; got {tuple(x.shape)}"
+                "BatchNorm with batch statistics needs more than one value per channel; "
+                f"got {tuple(x.shape)}"
             )
-        weight, bias = (self.weight, self.bias) if self.affine else (None, None)
         if _under_vmap():
-            return batch_norm_ops(x, weight, bias, self.eps)
-        return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
+            return batch_norm_ops(x, weight, bias, self.eps)  # buffers untouched
+        if not self.track_running_stats or _under_transform():
+            return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
+        self.num_batches_tracked.add_(1)
+        momentum = 1 / int(self.num_batches_tracked) if self.momentum is None else self.momentum
+        # The kernel updates the buffers in place, outside autograd, with the unbiased variance.
+        return F.batch_norm(x, self.running_mean, self.running_var, weight, bias,
+                            training=True, momentum=momentum, eps=self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, affine={self.affine}"
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
 
 
 def batch_norm_ops(
-    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    *,
+    mean: torch.Tensor | None = None,
+    var: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    r"""Batch norm with batch statistics as plain tensor ops (what :class:`BatchNorm` runs
-    under ``vmap``): :math:`\gamma (x - \mu_B) / \sqrt{\sigma_B^2 + \epsilon} + \beta`."""
-    dims = [0, *range(2, x.ndim)]  # all but channels
-    mean = x.mean(dim=dims, keepdim=True)  # (1, C, 1, ...)
-    centred = x - mean
-    var = centred.square().mean(dim=dims, keepdim=True)  # biased, (1, C, 1, ...)
+    r"""Batch norm as plain tensor ops (what :class:`BatchNorm` runs under ``vmap``):
+    :math:`\gamma (x - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta`.
+
+    ``mean`` and ``var`` (both or neither) are given statistics per channel, e.g. running
+    averages; without them :math:`\mu, \sigma^2` are the batch's mean and biased variance.
+
+    Shape:
+        - x: ``(B, C, *)``; weight, bias, mean, var: ``(C,)``; returns: same as ``x``
+    """
+    if (mean is None) != (var is None):
+        raise ValueError("batch_norm_ops needs both mean and var, or neither")
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)  # broadcast (C,) over (B, C, *)
+    if mean is None:
+        dims = [0, *range(2, x.ndim)]  # all but channels
+        mean = x.mean(dim=dims, keepdim=True)  # (1, C, 1, ...)
+        centred = x - mean
+        var = centred.square().mean(dim=dims, keepdim=True)  # biased, (1, C, 1, ...)
+    else:
+        centred = x - mean.view(shape)
+        var = var.view(shape)
     x_hat = centred * torch.rsqrt(var + eps)
     if weight is None:
         return x_hat
-    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     return x_hat * weight.view(shape) + bias.view(shape)
 
 
@@ -135,8 +243,18 @@ def _under_vmap() -> bool:
     return any(level.key() == _functorch.TransformType.Vmap for level in stack)
 
 
+def _under_transform() -> bool:
+    """Whether any ``torch.func`` transform (``vmap``, ``grad``, ``jvp``, ...) is active."""
+    return bool(_functorch.get_interpreter_stack())
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool; got {value!r}")
+
+
 NORMS: dict[str, NormFactory] = {
-    "batch": BatchNorm,
+    "batch": BatchNorm,  # batch statistics only; see make_norm for running statistics
     # 32 groups (Wu & He, 2018), or gcd(C, 32) when C is not a multiple of 32.
     "group": lambda c: nn.GroupNorm(math.gcd(c, 32), c),
     "instance": lambda c: nn.GroupNorm(c, c),  # one group per channel, with affine
@@ -145,8 +263,23 @@ NORMS: dict[str, NormFactory] = {
 }
 
 
-def make_norm(norm: str | NormFactory | None, num_channels: int) -> nn.Module:
-    """Build a norm layer from a name in :data:`NORMS`, a factory, or ``None`` (identity)."""
+def make_norm(
+    norm: str | NormFactory | None, num_channels: int, *, track_running_stats: bool = False
+) -> nn.Module:
+    """Build a norm layer from a name in :data:`NORMS`, a factory, or ``None`` (identity).
+
+    ``track_running_stats=True`` gives ``BatchNorm(num_channels, track_running_stats=True)``
+    and needs ``norm="batch"``: no other norm has batch statistics to track, and a factory
+    builds its own layer (write ``lambda c: BatchNorm(c, track_running_stats=True)``).
+    """
+    _check_bool("track_running_stats", track_running_stats)
+    if track_running_stats:
+        if norm != "batch":
+            raise ValueError(
+                "track_running_stats=True needs norm='batch' (the only norm with batch "
+                f"statistics; a factory builds its own layer); got norm={norm!r}"
+            )
+        return BatchNorm(num_channels, track_running_stats=True)
     if norm is None:
         return nn.Identity()
     if isinstance(norm, str):
@@ -156,11 +289,6 @@ def make_norm(norm: str | NormFactory | None, num_channels: int) -> nn.Module:
     if not callable(norm):
         raise TypeError(f"norm must be a str, a callable or None; got {type(norm).__name__}")
     return norm(num_channels)
-
-
-def _check_width(width: object, name: str) -> None:
-    if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
-        raise ValueError(f"{name} must be a positive int; got {width!r}")
 
 
 def _check_images(x: torch.Tensor, in_channels: int, min_size: int, name: str) -> None:
@@ -184,18 +312,32 @@ class Conv4(nn.Module):
         in_channels: channels of the input images (1 for Omniglot, 3 for miniImageNet).
         hidden: filters in every block (64 in the papers; 32 for MAML on miniImageNet).
         norm: a name in :data:`NORMS` or a factory ``num_channels -> nn.Module``.
+        track_running_stats: with ``norm="batch"``, keep running statistics and normalise
+            with them in eval mode, so features are per image (the self-supervised
+            encoders); ``False`` (default) is the meta-learners' transductive batch norm.
+            See the module docstring.
 
     Shape:
         - x: ``(B, in_channels, H, W)`` with ``H, W >= 16``
         - returns: ``(B, hidden * (H // 16) * (W // 16))``; see :meth:`out_features`
+
+    Example:
+        >>> encoder = Conv4(1, hidden=8, norm="batch", track_running_stats=True)
+        >>> encoder.eval()(torch.zeros(1, 1, 28, 28)).shape  # one image: running statistics
+        torch.Size([1, 8])
     """
 
     def __init__(
-        self, in_channels: int = 1, hidden: int = 64, norm: str | NormFactory | None = "batch"
+        self,
+        in_channels: int = 1,
+        hidden: int = 64,
+        norm: str | NormFactory | None = "batch",
+        *,
+        track_running_stats: bool = False,
     ) -> None:
         super().__init__()
-        _check_width(in_channels, "in_channels")
-        _check_width(hidden, "hidden")
+        check_int("in_channels", in_channels)
+        check_int("hidden", hidden)
         self.in_channels = in_channels
         self.hidden = hidden
         widths = [in_channels, hidden, hidden, hidden, hidden]
@@ -203,7 +345,7 @@ class Conv4(nn.Module):
             *[
                 nn.Sequential(
                     nn.Conv2d(c_in, c_out, kernel_size=3, padding=1),
-                    make_norm(norm, c_out),
+                    make_norm(norm, c_out, track_running_stats=track_running_stats),
                     nn.MaxPool2d(2),  # before the ReLU: they commute, and it is 4x less work
                     nn.ReLU(),
                 )
@@ -226,15 +368,21 @@ class Conv4(nn.Module):
 class _ResidualBlock(nn.Module):
     """One ResNet-12 block: 3 x (conv3x3, norm), 1x1 shortcut, LeakyReLU, max-pool."""
 
-    def __init__(self, c_in: int, c_out: int, norm: str | NormFactory | None) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, norm: str | NormFactory | None, track_running_stats: bool
+    ) -> None:
         super().__init__()
+
+        def norm_layer() -> nn.Module:
+            return make_norm(norm, c_out, track_running_stats=track_running_stats)
+
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-        self.norm1 = make_norm(norm, c_out)
+        self.norm1 = norm_layer()
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.norm2 = make_norm(norm, c_out)
+        self.norm2 = norm_layer()
         self.conv3 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.norm3 = make_norm(norm, c_out)
-        self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), make_norm(norm, c_out))
+        self.norm3 = norm_layer()
+        self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), norm_layer())
         self.act = nn.LeakyReLU(0.1)
         self.pool = nn.MaxPool2d(2)
 
@@ -255,6 +403,7 @@ class ResNet12(nn.Module):
         in_channels: channels of the input images.
         channels: the four block widths; use e.g. ``(16, 32, 64, 128)`` on a CPU.
         norm: a name in :data:`NORMS` or a factory ``num_channels -> nn.Module``.
+        track_running_stats: as in :class:`Conv4`.
 
     Shape:
         - x: ``(B, in_channels, H, W)`` with ``H, W >= 16``
@@ -266,19 +415,22 @@ class ResNet12(nn.Module):
         in_channels: int = 3,
         channels: Sequence[int] = (64, 160, 320, 640),
         norm: str | NormFactory | None = "batch",
+        *,
+        track_running_stats: bool = False,
     ) -> None:
         super().__init__()
-        _check_width(in_channels, "in_channels")
+        check_int("in_channels", in_channels)
         channels = tuple(channels)
         if len(channels) != 4:
             raise ValueError(f"channels must be four block widths; got {channels}")
         for c in channels:
-            _check_width(c, "every entry of channels")
+            check_int("every entry of channels", c)
         self.in_channels = in_channels
         self.channels = channels
         widths = (in_channels, *channels)
         self.blocks = nn.Sequential(
-            *[_ResidualBlock(c_in, c_out, norm) for c_in, c_out in pairwise(widths)]
+            *[_ResidualBlock(c_in, c_out, norm, track_running_stats)
+              for c_in, c_out in pairwise(widths)]
         )
 
     def out_features(self, image_size: int | tuple[int, int] | None = None) -> int:
@@ -299,6 +451,7 @@ class MLP(nn.Module):
         out_features: width of a final linear layer (no norm or ReLU after it); ``None``
             ends on the last hidden layer, so the MLP is an encoder.
         norm: a name in :data:`NORMS` or a factory ``num_features -> nn.Module``.
+        track_running_stats: as in :class:`Conv4` (needs ``norm="batch"``).
 
     Shape:
         - x: ``(B, *)`` with ``prod(*) == in_features``
@@ -311,14 +464,16 @@ class MLP(nn.Module):
         hidden: Sequence[int] = (40, 40),
         out_features: int | None = None,
         norm: str | NormFactory | None = "none",
+        *,
+        track_running_stats: bool = False,
     ) -> None:
         super().__init__()
-        _check_width(in_features, "in_features")
+        check_int("in_features", in_features)
         hidden = tuple(hidden)
         for h in hidden:
-            _check_width(h, "every entry of hidden")
+            check_int("every entry of hidden", h)
         if out_features is not None:
-            _check_width(out_features, "out_features")
+            check_int("out_features", out_features)
         elif not hidden:
             raise ValueError("MLP needs at least one hidden width or an out_features")
         self.in_features = in_features
@@ -326,7 +481,8 @@ class MLP(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         widths = (in_features, *hidden)
         for f_in, f_out in pairwise(widths):
-            layers += [nn.Linear(f_in, f_out), make_norm(norm, f_out), nn.ReLU()]
+            norm_layer = make_norm(norm, f_out, track_running_stats=track_running_stats)
+            layers += [nn.Linear(f_in, f_out), norm_layer, nn.ReLU()]
         if out_features is not None:
             layers.append(nn.Linear(widths[-1], out_features))
         self.layers = nn.Sequential(*layers)
@@ -357,8 +513,8 @@ def linear_head(in_features: int, ways: int, zero_init: bool = False) -> nn.Line
     Shape:
         - input: ``(B, in_features)``; returns: ``(B, ways)`` logits
     """
-    _check_width(in_features, "in_features")
-    _check_width(ways, "ways")
+    check_int("in_features", in_features)
+    check_int("ways", ways)
     head = nn.Linear(in_features, ways)
     if zero_init:
         nn.init.zeros_(head.weight)

@@ -12,9 +12,15 @@ gradient is the method's meta-update direction, so one loop trains them all::
         every val_every steps: accuracy on the same validation episodes
         every checkpoint_every steps: save everything needed to continue
 
+**What it trains.** Any :class:`~companion.protocols.Learner` on batches from any
+:class:`~companion.protocols.TaskSource` (``fit`` checks both and says what is missing).
+After every optimiser step it calls the learner's ``after_step(step, total_steps)`` if it
+has one (a MoCo queue, a BYOL target and its momentum schedule move there).
+
 **Checkpoints and resume.** A checkpoint holds the learner's ``state_dict``, the
 optimizer, scheduler and gradient-scaler states, the step, the random states (PyTorch's
-CPU generator, the sampler's and the learner's ``torch.Generator``, CUDA's when used), the
+CPU generator, CUDA's when used, and every generator the sampler and the learner name in
+their ``generators()``), the
 history so far, the config and a plain-data ``spec`` saying how to rebuild the learner. It
 contains only tensors and plain containers, so it loads with ``weights_only=True``
 (``torch.load`` then runs no code from the file). It is written to a temporary file in the same
@@ -51,11 +57,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm  # a text bar in a terminal, a widget in a notebook
 
+from companion.checks import check_int
 from companion.data.batches import ImageBatchSampler
 from companion.data.episodes import EpisodeSampler
 from companion.evaluate import EvalResult, evaluate_episodes
+from companion.protocols import TaskSource, check_learner, check_task_source, generators_of
 
-CHECKPOINT, METRICS = "checkpoint.pt", "metrics.json"
+CHECKPOINT, METRICS_FILE = "checkpoint.pt", "metrics.json"
+CHECKPOINT_FORMAT = 2  # 2: generators saved by name (format 1 kept one per object)
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "step", "cosine", "linear")
 AMP_DTYPES = ("bfloat16", "float16")
@@ -91,9 +100,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "meta_batch", "decay_every", "log_every", "val_every",
                      "val_episodes", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
+            check_int(name, getattr(self, name))
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                               ("amp_dtype", AMP_DTYPES)):
             if getattr(self, name) not in allowed:
@@ -163,7 +170,7 @@ def evaluate_learner(learner: nn.Module, sampler: EpisodeSampler, episodes: int,
 
 def fit(
     learner: nn.Module,
-    train_sampler: EpisodeSampler | ImageBatchSampler,
+    train_sampler: TaskSource,
     config: TrainConfig,
     *,
     val_sampler: EpisodeSampler | None = None,
@@ -176,9 +183,11 @@ def fit(
     """Meta-train ``learner`` on ``config.steps`` meta-batches from ``train_sampler``.
 
     Args:
-        learner: a module with ``meta_loss(batch) -> (loss, logs)`` and ``classify(episode)``.
-        train_sampler: draws the training tasks, or image batches for a self-supervised
-            learner (its generator is saved and restored).
+        learner: a :class:`~companion.protocols.Learner` (an ``nn.Module`` with
+            ``meta_loss(batch) -> (loss, logs)`` and ``classify(episode)``).
+        train_sampler: a :class:`~companion.protocols.TaskSource`: draws the training
+            tasks, or image batches for a self-supervised learner (its generators are
+            saved and restored).
         config: the run's settings.
         val_sampler: validation episodes (the same ``config.val_episodes`` each time).
         out_dir: folder for ``checkpoint.pt`` and ``metrics.json``; ``None`` saves nothing.
@@ -191,22 +200,27 @@ def fit(
         stop_after: stop once this many steps are done, saving a checkpoint, as if the
             run were interrupted there; a later call resumes it.
 
-    A learner that draws its own random numbers keeps its ``torch.Generator`` in
-    ``learner.generator`` (as :class:`~companion.meta.reptile.Reptile` does); its state is
-    saved and restored with the others. A learner with state that the gradient does not
-    update (a MoCo queue, a BYOL target network) has an ``after_step()`` method, called
-    after every optimiser step; that state must be in its ``state_dict`` (buffers or
-    parameters) to be checkpointed.
+    A learner that draws its own random numbers names its generators in ``generators()``
+    (as :class:`~companion.meta.reptile.Reptile` does); their states are saved and restored
+    with the others. A learner with state that the gradient does not update (a MoCo queue, a
+    BYOL target network) has an ``after_step(step, total_steps)`` method, called after every
+    optimiser step with the steps done so far and ``config.steps``; that state must be in
+    its ``state_dict`` (buffers or parameters) to be checkpointed.
 
     Self-supervised learners (:class:`companion.ssl.learner.SelfSupervised`) train on an
     :class:`~companion.data.batches.ImageBatchSampler`: their "meta-batch" is a batch of
     ``config.meta_batch`` unlabeled images.
 
     Raises:
+        TypeError: ``learner`` or ``train_sampler`` lacks a method of its protocol.
         ValueError: the checkpoint in ``out_dir`` was written with another config or spec.
     """
-    if stop_after is not None and (isinstance(stop_after, bool) or stop_after < 1):
-        raise ValueError(f"stop_after must be None or a positive int; got {stop_after!r}")
+    check_learner(learner)
+    check_task_source(train_sampler)
+    check_int("stop_after", stop_after, optional=True)
+    if not isinstance(learner, nn.Module):
+        raise TypeError(f"fit trains an nn.Module (its parameters and state_dict); got "
+                        f"{type(learner).__name__}")
     device = resolve_device(config.device)
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = getattr(torch, config.amp_dtype)
@@ -220,8 +234,7 @@ def fit(
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
     path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     after_step = getattr(learner, "after_step", None)
-    own_rng = getattr(learner, "generator", None)  # e.g. Reptile's inner minibatches
-    own_rng = own_rng if isinstance(own_rng, torch.Generator) else None
+    rngs = {"sampler": generators_of(train_sampler), "learner": generators_of(learner)}
     cuda = [torch.cuda.current_device() if device.index is None else device.index
             ] if device.type == "cuda" else []
 
@@ -229,18 +242,17 @@ def fit(
         torch.manual_seed(config.seed)
         state: dict[str, Any] = {
             "step": 0, "history": {"train": [], "val": []}, "window": {}, "train_seconds": 0.0,
-            "val_rng": val_sampler.generator.get_state() if val_sampler else None}
+            "val_rng": _states(generators_of(val_sampler)) if val_sampler else None}
         if resume and path is not None and path.exists():
             state = load_checkpoint(path)
-            _check_same_run(path, state, config, spec)
+            _check_same_run(path, state, config, spec, rngs)
             learner.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["rng"]["torch"])
-            train_sampler.generator.set_state(state["rng"]["sampler"])
-            if own_rng is not None:
-                own_rng.set_state(state["rng"]["learner"])
+            for owner, generators in rngs.items():
+                _set_states(generators, state["rng"][owner])
             if cuda:
                 torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         step, history, window = state["step"], state["history"], state["window"]
@@ -263,9 +275,9 @@ def fit(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            if after_step is not None:
-                after_step()  # state outside the gradient: a MoCo queue, a BYOL target
             step += 1
+            if after_step is not None:  # state outside the gradient: a MoCo queue, a BYOL target
+                after_step(step, config.steps)
             for key, value in {"loss": loss.item(), **logs}.items():
                 window.setdefault(key, []).append(float(value))
             if step % config.log_every == 0 or step == config.steps:
@@ -275,7 +287,7 @@ def fit(
                 bar.set_postfix({k: f"{v:.3f}" for k, v in history["train"][-1].items()
                                  if k in ("loss", "accuracy")})
             if val_sampler is not None and (step % config.val_every == 0 or step == config.steps):
-                val_sampler.generator.set_state(state["val_rng"])  # the same episodes each time
+                _set_states(generators_of(val_sampler), state["val_rng"])  # the same episodes
                 result = evaluate_learner(learner, val_sampler, config.val_episodes, device=device)
                 history["val"].append({"step": step, "accuracy": result.accuracy,
                                        "ci95": _finite(result.ci95)})
@@ -283,12 +295,12 @@ def fit(
             bar.update(1)
             if path is not None and (step % config.checkpoint_every == 0 or step == last):
                 state = {
-                    "format": 1, "step": step, "config": asdict(config), "spec": spec,
+                    "format": CHECKPOINT_FORMAT, "step": step, "config": asdict(config),
+                    "spec": spec,
                     "model": learner.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                     "rng": {"torch": torch.get_rng_state(),
-                            "sampler": train_sampler.generator.get_state(),
-                            "learner": own_rng.get_state() if own_rng is not None else None,
+                            **{owner: _states(g) for owner, g in rngs.items()},
                             "cuda": torch.cuda.get_rng_state(device) if cuda else None},
                     "val_rng": state["val_rng"], "history": history, "window": window,
                     "train_seconds": time.perf_counter() - start,
@@ -307,12 +319,21 @@ def fit(
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A checkpoint written by :func:`fit`, loaded safely (``weights_only=True``) onto the CPU.
 
-    Keys: ``format`` (1), ``step``, ``config`` (``asdict(TrainConfig)``), ``spec``, ``model``,
-    ``optimizer``, ``scheduler``, ``scaler`` (state dicts), ``rng`` (``torch``, ``sampler``,
-    ``learner``, ``cuda``: generator states or ``None``), ``val_rng``, ``history``,
-    ``window`` (logs of the unfinished history window), ``train_seconds``.
+    Keys: ``format`` (:data:`CHECKPOINT_FORMAT`), ``step``, ``config``
+    (``asdict(TrainConfig)``), ``spec``, ``model``, ``optimizer``, ``scheduler``, ``scaler``
+    (state dicts), ``rng`` (``torch`` and ``cuda``: generator states or ``None``;
+    ``sampler`` and ``learner``: ``{name: state}`` of their ``generators()``), ``val_rng``,
+    ``history``, ``window`` (logs of the unfinished history window), ``train_seconds``.
+
+    Raises:
+        ValueError: the file was written by an older version of ``fit``.
     """
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is a checkpoint of format {state.get('format')!r}; this "
+                         f"version reads format {CHECKPOINT_FORMAT} (train it again, or "
+                         "use the companion version that wrote it)")
+    return state
 
 
 def write_metrics(out_dir: str | os.PathLike[str], result: TrainResult,
@@ -339,7 +360,7 @@ def write_metrics(out_dir: str | os.PathLike[str], result: TrainResult,
     }
     text = json.dumps(metrics, indent=2, allow_nan=False).encode()
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    _atomic_write(Path(out_dir) / METRICS, lambda f: f.write(text))
+    _atomic_write(Path(out_dir) / METRICS_FILE, lambda f: f.write(text))
     return metrics
 
 
@@ -353,14 +374,33 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:
     return lr_scheduler.LinearLR(optimizer, 1.0, end, total_iters=config.steps)
 
 
-def _episodes(sampler: EpisodeSampler | ImageBatchSampler) -> dict[str, Any]:
-    """What a sampler draws: the split, and the episode shape (``None`` for image batches)."""
-    return {"dataset": sampler.dataset.name, "split": sampler.dataset.split,
+def _episodes(sampler: TaskSource | EpisodeSampler | ImageBatchSampler) -> dict[str, Any]:
+    """What a sampler draws: the split, and the episode shape (``None`` for image batches,
+    and for a task source with no dataset of its own)."""
+    dataset = getattr(sampler, "dataset", None)
+    return {"dataset": getattr(dataset, "name", None), "split": getattr(dataset, "split", None),
             **{k: getattr(sampler, k, None) for k in ("ways", "shots", "queries")}}
 
 
+def _states(generators: Mapping[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    return {name: g.get_state() for name, g in generators.items()}
+
+
+def _set_states(generators: Mapping[str, torch.Generator],
+                states: Mapping[str, torch.Tensor]) -> None:
+    for name, g in generators.items():
+        g.set_state(states[name])
+
+
 def _check_same_run(path: Path, state: Mapping[str, Any], config: TrainConfig,
-                    spec: Mapping[str, Any]) -> None:
+                    spec: Mapping[str, Any],
+                    rngs: Mapping[str, Mapping[str, torch.Generator]]) -> None:
+    for owner, generators in rngs.items():
+        if set(state["rng"][owner]) != set(generators):
+            raise ValueError(f"{path} saved the {owner}'s generators "
+                             f"{sorted(state['rng'][owner])}, but this {owner} has "
+                             f"{sorted(generators)}; pass resume=False (CLI: --restart) or "
+                             "choose another output folder")
     new = asdict(config)
     changed = [f"{k}: {state['config'].get(k)!r} -> {v!r}" for k, v in new.items()
                if state["config"].get(k) != v]

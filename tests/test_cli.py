@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from companion.__main__ import main
+from companion.train import CHECKPOINT_FORMAT
 
 
 def test_data_info_digits_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -157,7 +158,8 @@ def test_bad_train_and_eval_requests_exit_2(argv, message, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     (tmp_path / "metrics.json").write_text("{}")
     learner = {"method": "maml", "ways": 5, "image_size": 28, "in_channels": 1, "width": 8}
-    torch.save({"spec": {"learner": learner, "data": {}}}, tmp_path / "maml.pt")
+    torch.save({"format": CHECKPOINT_FORMAT, "spec": {"learner": learner, "data": {}}},
+               tmp_path / "maml.pt")
     assert main([*argv, "--profile", "smoke", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
@@ -188,3 +190,57 @@ def test_set_overrides_a_config_field_in_train_and_eval(tmp_path, capsys) -> Non
     with pytest.raises(SystemExit):
         main(["train", "maml", "--set", "inner_steps_test"])
     assert "expected FIELD=VALUE" in capsys.readouterr().err
+
+
+class Stop(Exception):
+    """Raised by a stand-in for fit, so a test sees what train would have run."""
+
+
+def planned_run(argv, monkeypatch) -> dict:
+    """What ``python -m companion train ...`` hands to fit: learner, sampler, config."""
+    import companion.__main__ as cli
+
+    seen = {}
+
+    def fake_fit(learner, train, config, **kwargs):
+        seen.update(learner=learner, train=train, config=config, spec=kwargs["spec"])
+        raise Stop
+
+    monkeypatch.setattr(cli, "fit", fake_fit)
+    with pytest.raises(Stop):
+        main(argv)
+    return seen
+
+
+@pytest.mark.parametrize("method", ["protonet", "maml", "reptile"])
+def test_cpu_defaults_are_the_registry_presets(method, monkeypatch) -> None:
+    from companion import methods
+
+    preset = methods.get(method).preset("cpu")
+    run = planned_run(["train", method, "--dataset", "digits", "--profile", "cpu",
+                       "--no-eval", "--quiet", "--val-split", "none"], monkeypatch)
+    config, train = run["config"], run["train"]
+    assert (config.steps, config.meta_batch) == (preset["steps"], preset["meta_batch"])
+    assert config.schedule == preset.get("schedule", methods.get(method).training["schedule"])
+    # digits/train has 5 classes: a preset's higher way (protonet's 20) is capped there
+    assert (train.ways, train.shots, train.queries) == (
+        min(preset.get("train_ways", 5), 5), preset.get("train_shots", 1),
+        preset["train_queries"])
+    for field, value in preset.get("set", {}).items():
+        assert getattr(run["learner"].config, field) == value
+    assert run["spec"]["data"]["rotations"] is False  # digits has no rotated classes
+
+
+def test_flags_override_the_preset(monkeypatch) -> None:
+    run = planned_run(["train", "maml", "--dataset", "digits", "--profile", "cpu", "--no-eval",
+                       "--quiet", "--val-split", "none", "--steps", "7", "--lr", "0.1",
+                       "--train-queries", "2", "--set", "inner_steps_test=4"], monkeypatch)
+    assert (run["config"].steps, run["config"].lr, run["train"].queries) == (7, 0.1, 2)
+    assert run["learner"].config.inner_steps_test == 4
+
+
+def test_set_accepts_only_config_fields(capsys) -> None:
+    assert main(["train", "protonet", "--set", "lr=0.1", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "protonet has no config field 'lr'; allowed: learn_scale, metric, scale" in err
+    assert "--lr" in err  # and where the learning rate is set instead

@@ -1,13 +1,16 @@
-"""Evaluation: the CI against a hand computation, 1-NN against a slow loop."""
+"""Evaluation: the CI against a hand computation, 1-NN against a slow loop, probe features
+per image (with running batch-norm statistics) against images embedded one at a time."""
 
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from companion.data import EpisodeSampler, load_dataset
+from companion.data import Episode, EpisodeSampler, load_dataset
 from companion.evaluate import (
     EvalResult,
     embed,
@@ -22,7 +25,10 @@ from companion.evaluate import (
     prototype_probe,
     split_per_class,
 )
-from companion.nets import Conv4
+from companion.nets import BatchNorm, Conv4
+
+# Tiny models: one intra-op thread (tests/conftest.py says why).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_mean_ci95_by_hand() -> None:
@@ -92,27 +98,120 @@ def test_evaluate_episodes_on_digits_is_far_above_chance() -> None:
     assert result.accuracy == pytest.approx(sum(result.accuracies) / 50)
     # Digits are easy in pixel space; chance is 20%.
     assert 0.6 < result.accuracy < 1.0
-    assert 0 < result.ci95 < 0.1
-    assert "episodes" in str(result)
-    with pytest.raises(ValueError, match="at least 1"):
+    assert result.ci95 == pytest.approx(1.96 * statistics.stdev(result.accuracies) / math.sqrt(50))
+    assert str(result) == f"{100 * result.accuracy:.2f} +- {100 * result.ci95:.2f} % (50 episodes)"
+    with pytest.raises(ValueError, match="episodes must be a positive int; got 0"):
         evaluate_episodes(pixel_nearest_neighbour, sampler, episodes=0)
 
 
 # ---------------------------------------------------------------- probes of a frozen encoder
 
 
-def test_embed_in_batches_equals_one_forward_in_eval_mode() -> None:
-    torch.manual_seed(0)
-    encoder = Conv4(1, hidden=4).train()
-    x = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    z = embed(encoder, x, batch_size=3)
-    assert encoder.training  # restored
-    with torch.no_grad():
-        # The package's BatchNorm normalises with each batch's statistics, even in eval mode,
-        # so the reference is the same 3-image batches.
-        reference = torch.cat([encoder(x[i:i + 3]) for i in range(0, 10, 3)])
-    torch.testing.assert_close(z, reference)
-    assert not z.requires_grad
+def _trained_conv4(track_running_stats: bool, dtype: torch.dtype = torch.float32) -> Conv4:
+    """A small Conv4 after five SGD steps on random images, so running statistics (if any)
+    are neither their initial 0/1 nor any one batch's."""
+    torch.manual_seed(0)  # only for the modules' default init; the data use a Generator
+    encoder = Conv4(1, hidden=8, norm="batch", track_running_stats=track_running_stats)
+    head = torch.nn.Linear(8, 4)
+    encoder, head = encoder.to(dtype), head.to(dtype)
+    optimiser = torch.optim.SGD([*encoder.parameters(), *head.parameters()], lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x = torch.rand(16, 1, 28, 28, generator=g, dtype=dtype)
+        y = torch.randint(0, 4, (16,), generator=g)
+        loss = F.cross_entropy(head(encoder(x)), y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return encoder
+
+
+def _classes(classes: int, per_class: int, dtype: torch.dtype = torch.float32, seed: int = 3):
+    """28x28 images of ``classes`` classes, class-sorted: a random template per class plus
+    noise, so images of one class are alike and a chunk of one class has its own statistics.
+
+    Shape:
+        - returns: images ``(classes * per_class, 1, 28, 28)``, labels ``(classes * per_class,)``
+    """
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    templates = torch.rand(classes, 1, 28, 28, generator=g, dtype=dtype)
+    noise = torch.randn(len(labels), 1, 28, 28, generator=g, dtype=dtype)
+    return (templates[labels] + 0.2 * noise).clamp(0, 1), labels
+
+
+def _alone(encoder: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Each image embedded on its own: the per-image reference."""
+    return torch.cat([embed(encoder, images[i:i + 1]) for i in range(len(images))])
+
+
+def _three_batchings(encoder: torch.nn.Module, images: torch.Tensor):
+    """(alone, in one shuffled batch, in class-sorted chunks of 7 with a last chunk of 2)."""
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(2))
+    shuffled = embed(encoder, images[perm])[perm.argsort()]  # back to the images' order
+    return _alone(encoder, images), shuffled, embed(encoder, images, batch_size=7)
+
+
+def test_probe_embedding_of_an_image_does_not_depend_on_its_batch() -> None:
+    encoder = _trained_conv4(track_running_stats=True).train()
+    norms = [m for m in encoder.modules() if isinstance(m, BatchNorm)]
+    assert all(int(m.num_batches_tracked) == 5 for m in norms)
+    assert not any(torch.equal(m.running_mean, torch.zeros(8)) for m in norms)
+    assert not any(torch.equal(m.running_var, torch.ones(8)) for m in norms)
+    running = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    images, labels = _classes(classes=4, per_class=8)  # 32 images, class-sorted
+    assert torch.equal(labels, torch.arange(4).repeat_interleave(8))
+    alone, shuffled, chunks = _three_batchings(encoder, images)
+    assert encoder.training  # embed gave the encoder back in train mode ...
+    for m, (mean, var) in zip(norms, running, strict=True):  # ... and did not update its stats
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+    assert alone.shape == (32, 8) and alone.abs().max() > 0.1  # not trivially equal
+    torch.testing.assert_close(shuffled, alone, rtol=0, atol=1e-6)
+    torch.testing.assert_close(chunks, alone, rtol=0, atol=1e-6)
+    assert not chunks.requires_grad
+    encoder.eval()
+    torch.testing.assert_close(embed(encoder, images, batch_size=5), alone, rtol=0, atol=1e-6)
+    assert not encoder.training  # eval mode is kept too
+
+
+def test_transductive_batchnorm_embedding_depends_on_the_batch() -> None:
+    """The meta-learners' default BatchNorm normalises each chunk with its own statistics,
+    in eval mode too (MAML's transductive setting), so it is no encoder for a probe."""
+    encoder = _trained_conv4(track_running_stats=False)
+    assert list(encoder.buffers()) == []
+    images, _ = _classes(classes=4, per_class=8)
+    alone, shuffled, chunks = _three_batchings(encoder, images)
+    assert (shuffled - alone).abs().max() > 1e-2
+    assert (chunks - alone).abs().max() > 1e-2
+    assert (chunks - shuffled).abs().max() > 1e-2
+
+
+def test_embed_errors_and_an_encoder_without_parameters() -> None:
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(embed(torch.nn.Flatten(), x, batch_size=2), x.flatten(1))
+    with pytest.raises(ValueError, match="batch_size must be a positive int; got 0"):
+        embed(torch.nn.Flatten(), x, batch_size=0)
+    with pytest.raises(ValueError, match=r"at least one image.*got \(0, 1, 4, 4\)"):
+        embed(torch.nn.Flatten(), x[:0])
+
+
+def test_prototype_probe_equals_a_hand_built_prototype_classifier() -> None:
+    episode = EpisodeSampler(load_dataset("digits", "test"), 3, 2, 4, seed=0).sample()
+    logits = {m: prototype_probe(torch.nn.Flatten(), episode, m) for m in ("cosine", "sqeuclidean")}
+    support, query = episode.support_x.flatten(1), episode.query_x.flatten(1)
+    for j, q in enumerate(query):
+        for c in range(3):
+            prototype = support[episode.support_y == c].mean(0)  # Snell et al., eq. 1
+            cos = float(torch.dot(q, prototype) / (q.norm() * prototype.norm()))
+            assert float(logits["cosine"][j, c]) == pytest.approx(cos - 1, abs=1e-5)
+            sq = float((q - prototype).square().sum())
+            assert float(logits["sqeuclidean"][j, c]) == pytest.approx(-sq, rel=1e-5, abs=1e-4)
+    swapped = type(episode)(episode.support_x.flip(0), episode.support_y.flip(0),
+                            episode.query_x, episode.query_y)
+    with pytest.raises(ValueError, match="class-first"):
+        prototype_probe(torch.nn.Flatten(), swapped)
+    with pytest.raises(ValueError, match="unknown metric 'l1'; allowed: sqeuclidean, cosine"):
+        prototype_probe(torch.nn.Flatten(), episode, "l1")
 
 
 def test_split_per_class_partitions_each_class() -> None:
@@ -176,28 +275,30 @@ def test_linear_probe_separates_separable_classes_and_not_noise() -> None:
     assert linear_probe(noise[train], y[train], noise[test], y[test]) < 0.5
 
 
-@pytest.mark.gpu
-def test_probes_run_on_cuda_and_agree_with_the_cpu() -> None:
-    # float64 so that kernel choice cannot move a vote; the CPU run is the reference.
-    torch.manual_seed(0)
-    encoder = Conv4(1, 8).double()
-    images = torch.rand(40, 1, 28, 28, dtype=torch.float64)
-    labels = torch.arange(4).repeat_interleave(10)
-    episode = EpisodeSampler(load_dataset("glyphs", "test"), 5, 2, 3, seed=0).sample()
-    episode = type(episode)(episode.support_x.double(), episode.support_y,
-                            episode.query_x.double(), episode.query_y)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_probes_on_a_device_agree_with_a_per_image_cpu_reference(device: str) -> None:
+    # float64 so that kernel choice cannot move a vote; the reference is computed on the CPU
+    # from images embedded one at a time.
+    encoder = _trained_conv4(track_running_stats=True, dtype=torch.float64)
+    images, labels = _classes(classes=4, per_class=10, dtype=torch.float64)
+    x, y = _classes(5, 5, torch.float64, seed=4)  # a 5-way 2-shot 3-query episode from them
+    shot = (torch.arange(25) % 5) < 2
+    episode = Episode(x[shot], y[shot], x[~shot], y[~shot])  # class-first
     train, test = split_per_class(labels)
-    results = {}
-    for device in ("cpu", "cuda"):
-        encoder = encoder.to(device)
-        z = embed(encoder, images)  # the images follow the encoder to its device
-        assert z.device.type == device
-        y = labels.to(device)
-        results[device] = (z.cpu(), prototype_probe(encoder, episode).cpu(),
-                           linear_probe(z[train], y[train], z[test], y[test]),
-                           knn_probe(z[train], y[train], z[test], y[test], k=5))
-    cpu, cuda = results["cpu"], results["cuda"]
-    torch.testing.assert_close(cuda[0], cpu[0], rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(cuda[1], cpu[1], rtol=1e-9, atol=1e-9)
-    assert abs(cuda[2] - cpu[2]) <= 1 / len(test)  # L-BFGS may tip one borderline image
-    assert cuda[3] == cpu[3]
+    reference = _alone(encoder, images)
+    z_support, z_query = _alone(encoder, episode.support_x), _alone(encoder, episode.query_x)
+    prototypes = torch.stack([z_support[episode.support_y == c].mean(0) for c in range(5)])
+    reference_logits = F.cosine_similarity(z_query[:, None], prototypes[None], dim=-1) - 1
+    encoder = encoder.to(device)
+    z = embed(encoder, images)  # the images follow the encoder to its device
+    assert z.device.type == device
+    torch.testing.assert_close(z.cpu(), reference, rtol=1e-9, atol=1e-9)
+    logits = prototype_probe(encoder, episode)
+    assert logits.device.type == device
+    torch.testing.assert_close(logits.cpu(), reference_logits, rtol=1e-9, atol=1e-9)
+    y = labels.to(device)
+    accuracy = linear_probe(z[train], y[train], z[test], y[test])
+    expected = linear_probe(reference[train], labels[train], reference[test], labels[test])
+    assert abs(accuracy - expected) <= 1 / len(test)  # L-BFGS may tip one borderline image
+    assert knn_probe(z[train], y[train], z[test], y[test], k=5) == \
+        knn_probe(reference[train], labels[train], reference[test], labels[test], k=5)

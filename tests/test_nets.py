@@ -1,5 +1,6 @@
-"""Tests for companion.nets: shapes, parameter counts, BatchNorm against PyTorch's, and
-MAML-style second-order meta-gradients under ``torch.func.vmap`` against a Python loop."""
+"""Tests for companion.nets: shapes, parameter counts, BatchNorm against PyTorch's (with and
+without running statistics), and MAML-style second-order meta-gradients under
+``torch.func.vmap`` against a Python loop."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from companion.nets import (
     linear_head,
     make_norm,
 )
+
+# Tiny models: one intra-op thread (tests/conftest.py says why).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _seeded(seed: int = 0) -> torch.Generator:
@@ -75,6 +79,32 @@ def test_defaults_use_plain_batchnorm_without_buffers():
         assert any(isinstance(m, BatchNorm) for m in net.modules())
         assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
         assert list(net.buffers()) == []
+
+
+@pytest.mark.parametrize(
+    ("build", "layers"),
+    [
+        (lambda: Conv4(3, hidden=8, norm="batch", track_running_stats=True), 4),  # SSL encoders
+        (lambda: ResNet12(3, channels=(4, 4, 4, 8), track_running_stats=True), 16),  # 4 x 4
+        (lambda: MLP(3 * 16 * 16, hidden=(8, 8), norm="batch", track_running_stats=True), 2),
+    ],
+    ids=["Conv4", "ResNet12", "MLP"],
+)
+def test_backbones_pass_track_running_stats_to_every_batchnorm(build, layers):
+    net = build()
+    norms = [m for m in net.modules() if isinstance(m, BatchNorm)]
+    assert len(norms) == layers
+    assert all(m.track_running_stats for m in norms)
+    assert len(list(net.buffers())) == 3 * len(norms)  # running_mean, running_var, count
+    x = torch.randn(6, 3, 16, 16, generator=_seeded(6))
+    net(x)  # train mode: one update of every running average
+    assert all(int(m.num_batches_tracked) == 1 for m in norms)
+    assert not any(torch.equal(m.running_mean, torch.zeros(m.num_features)) for m in norms)
+    net.eval()
+    with torch.no_grad():
+        alone = torch.cat([net(x[i:i + 1]) for i in range(6)])
+        torch.testing.assert_close(net(x), alone, rtol=0, atol=1e-6)  # per image in eval mode
+    assert all(int(m.num_batches_tracked) == 1 for m in norms)  # eval mode updates nothing
 
 
 def test_norm_factory_and_names():
@@ -139,6 +169,72 @@ def test_batchnorm_matches_torch(shape):
     torch.testing.assert_close(ours.bias.grad, ref.bias.grad)
     # No running statistics: eval mode still normalises with the batch.
     torch.testing.assert_close(ours.eval()(x), y2.detach())
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.5, None])
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (6, 3), (2, 3, 7)])
+def test_batchnorm_running_stats_match_torch(shape, momentum):
+    """Several train steps and eval passes: outputs, gradients and all three buffers."""
+    g = _seeded(7)
+    ours = BatchNorm(3, momentum=momentum, track_running_stats=True).double()
+    ref = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d}[len(shape)](
+        3, momentum=momentum, track_running_stats=True
+    ).double()
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    with torch.no_grad():
+        for m in (ours, ref):
+            m.weight.copy_(torch.tensor([0.5, -1.0, 2.0]))
+            m.bias.copy_(torch.tensor([0.1, 0.0, -0.3]))
+    for step in range(4):
+        x = torch.randn(shape, generator=g, dtype=torch.float64) * (step + 1) + step
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y1, y2 = ours.train()(x1), ref.train()(x2)
+        torch.testing.assert_close(y1, y2)
+        upstream = torch.randn(shape, generator=g, dtype=torch.float64)
+        (y1 * upstream).sum().backward()
+        (y2 * upstream).sum().backward()
+        torch.testing.assert_close(x1.grad, x2.grad)
+        for name, buffer in ref.named_buffers():
+            torch.testing.assert_close(getattr(ours, name), buffer, msg=f"step {step}: {name}")
+        assert not ours.running_mean.requires_grad and not ours.running_var.requires_grad
+        test = torch.randn(shape, generator=g, dtype=torch.float64)
+        torch.testing.assert_close(ours.eval()(test), ref.eval()(test))
+        torch.testing.assert_close(ours(test[:1]), ref(test[:1]))  # one example is fine
+    assert int(ours.num_batches_tracked) == 4
+    # The running estimate is not the batch's: it moved away from the initial (0, 1).
+    assert not torch.equal(ours.running_var, torch.ones(3))
+    fresh = BatchNorm(3, track_running_stats=True).double()
+    fresh.load_state_dict(ref.state_dict())  # PyTorch's checkpoints load as they are
+    torch.testing.assert_close(fresh.eval()(test), ref.eval()(test))
+
+
+def test_batchnorm_running_stats_untouched_under_torch_func():
+    g = _seeded(8)
+    x = torch.randn(3, 4, 2, 5, 5, generator=g, dtype=torch.float64)  # 3 tasks of 4 images
+    bn = BatchNorm(2, track_running_stats=True).double()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([0.5, -1.0]))
+        bn.running_var.copy_(torch.tensor([2.0, 0.25]))
+    before = {k: v.clone() for k, v in bn.named_buffers()}
+    params = dict(bn.named_parameters())
+
+    def loss(p, xt):
+        return functional_call(bn, p, (xt,)).square().sum()
+
+    out = vmap(bn)(x)  # train mode: each task normalised with its own statistics
+    torch.testing.assert_close(out[1], batch_norm_ops(x[1], bn.weight, bn.bias, bn.eps))
+    grad(loss)(params, x[0])
+    vmap(grad(loss), in_dims=(None, 0))(params, x)
+    for name, buffer in bn.named_buffers():
+        assert torch.equal(buffer, before[name]), name  # no update under a transform
+    bn.eval()  # eval mode: the running statistics, under vmap as outside it
+    ref = nn.BatchNorm2d(2).double().eval()
+    ref.load_state_dict(bn.state_dict())
+    torch.testing.assert_close(vmap(bn)(x), torch.stack([ref(xt) for xt in x]))
+    torch.testing.assert_close(vmap(bn)(x[:, :1]), torch.stack([ref(xt[:1]) for xt in x]))
+    bn.train()(x[0])  # outside a transform the buffers move again
+    assert int(bn.num_batches_tracked) == 1
+    assert not torch.equal(bn.running_mean, before["running_mean"])
 
 
 @pytest.mark.parametrize("path", ["fused", "ops"])
@@ -271,10 +367,15 @@ MODES = ["per-task", "shared", "shared-outer-grad"]
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+@pytest.mark.parametrize("norm", ["batch", "batch-running", "group", "none"])
 def test_vmap_matches_loop_first_and_second_order(norm, mode):
+    if norm == "batch-running":  # train mode: batch statistics; buffers left alone
+        norm = lambda c: BatchNorm(c, track_running_stats=True)  # noqa: E731
     net, params, data = _maml_problem(norm)
+    buffers = {k: v.clone() for k, v in net.named_buffers()}
     _check_vmap_against_loop(net, params, data, mode)
+    for k, v in net.named_buffers():
+        assert torch.equal(v, buffers[k]), k
 
 
 def test_second_order_matches_autograd_and_differs_from_first_order():
@@ -297,9 +398,12 @@ def test_second_order_matches_autograd_and_differs_from_first_order():
     assert gap > 1e-3, f"second-order meta-gradient equals first-order (gap {gap})"
 
 
-@pytest.mark.xfail(reason="torch 2.13: nn.BatchNorm2d, grad of a vmap over shared params")
+@pytest.mark.xfail(
+    reason="torch 2.13: nn.BatchNorm2d, grad of a vmap over shared params", strict=True
+)
 def test_torch_batchnorm2d_vmap_second_order():
-    # Documents why BatchNorm exists (off by ~1e-2 here); an XPASS means PyTorch fixed it.
+    # Documents why BatchNorm exists. Strict: an XPASS fails the suite, which means PyTorch
+    # fixed it and the module docstring's reason for BatchNorm needs revisiting.
     net, params, data = _maml_problem(lambda c: nn.BatchNorm2d(c, track_running_stats=False))
     _, _, query_loss = _meta_grads(net)
     losses = vmap(query_loss, in_dims=(None, 0, 0, 0, 0))(params, *data)
@@ -327,6 +431,9 @@ def test_input_shape_errors():
         BatchNorm(3)(torch.zeros(2, 4))
     with pytest.raises(ValueError, match="more than one value per channel"):
         BatchNorm(3)(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        BatchNorm(3, track_running_stats=True)(torch.zeros(1, 3))  # train mode: the batch's
+    assert BatchNorm(3, track_running_stats=True).eval()(torch.zeros(1, 3)).shape == (1, 3)
     with pytest.raises(ValueError, match=r"Conv4 expects images \(B, 1, H, W\)"):  # under vmap
         vmap(net)(torch.zeros(3, 2, 3, 28, 28))
     with pytest.raises(ValueError, match="at least 16x16"):
@@ -352,3 +459,23 @@ def test_argument_errors():
         MLP(10, hidden=())
     with pytest.raises(ValueError, match="ways must be a positive int"):
         linear_head(8, 0)
+    with pytest.raises(ValueError, match="num_features must be a positive int; got 0"):
+        BatchNorm(0)
+    with pytest.raises(ValueError, match="eps must be a positive number; got 0"):
+        BatchNorm(3, eps=0)
+    with pytest.raises(ValueError, match=r"momentum must be a number in \[0, 1\] or None; got 1.5"):
+        BatchNorm(3, momentum=1.5)
+    with pytest.raises(TypeError, match="track_running_stats must be a bool; got 'yes'"):
+        BatchNorm(3, track_running_stats="yes")
+    with pytest.raises(TypeError, match="track_running_stats must be a bool; got 1"):
+        Conv4(track_running_stats=1)
+    with pytest.raises(ValueError, match="track_running_stats=True needs norm='batch'.*'group'"):
+        Conv4(norm="group", track_running_stats=True)
+    with pytest.raises(ValueError, match="track_running_stats=True needs norm='batch'.*None"):
+        MLP(10, norm=None, track_running_stats=True)
+    with pytest.raises(ValueError, match="track_running_stats=True needs norm='batch'"):
+        ResNet12(channels=(4, 4, 4, 4), norm=BatchNorm, track_running_stats=True)
+    with pytest.raises(TypeError):  # keyword only: a fourth positional is an error
+        Conv4(1, 8, "batch", True)
+    with pytest.raises(ValueError, match="both mean and var"):
+        batch_norm_ops(torch.zeros(2, 3), None, None, 1e-5, mean=torch.zeros(3))

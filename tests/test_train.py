@@ -16,7 +16,7 @@ from companion.data import EpisodeSampler, load_dataset
 from companion.evaluate import EvalResult
 from companion.train import (
     CHECKPOINT,
-    METRICS,
+    METRICS_FILE,
     TrainConfig,
     TrainResult,
     evaluate_learner,
@@ -29,8 +29,9 @@ from companion.train import (
 class ToyProtoNet(nn.Module):
     """A small ProtoNet written out here, so these tests need no method module.
 
-    Dropout draws from PyTorch's global generator and ``self.generator`` perturbs the
-    inputs, so an exact resume needs both random states restored.
+    Dropout draws from PyTorch's global generator, and two generators of its own (as a
+    composed learner would have) perturb the support and the query inputs, so an exact
+    resume needs every random state restored.
     """
 
     def __init__(self, in_features: int = 64, dim: int = 16, seed: int = 0) -> None:
@@ -38,6 +39,10 @@ class ToyProtoNet(nn.Module):
         self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(in_features, 32), nn.ReLU(),
                                      nn.Dropout(0.2), nn.Linear(32, dim))
         self.generator = torch.Generator().manual_seed(seed)
+        self.query_generator = torch.Generator().manual_seed(seed + 1)
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"support/noise": self.generator, "query/noise": self.query_generator}
 
     def logits(self, support_x, support_y, query_x) -> torch.Tensor:
         z = self.encoder(support_x)  # (N*K, D)
@@ -48,9 +53,11 @@ class ToyProtoNet(nn.Module):
 
     def meta_loss(self, batch):
         noise = 0.01 * torch.randn(batch.support_x.shape, generator=self.generator)
+        query_noise = 0.01 * torch.randn(batch.query_x.shape, generator=self.query_generator)
         losses, accuracies = [], []
         for t, episode in enumerate(batch):
-            logits = self.logits(episode.support_x + noise[t], episode.support_y, episode.query_x)
+            logits = self.logits(episode.support_x + noise[t], episode.support_y,
+                                 episode.query_x + query_noise[t])
             losses.append(F.cross_entropy(logits, episode.query_y))
             accuracies.append((logits.argmax(-1) == episode.query_y).float().mean())
         return torch.stack(losses).mean(), {"accuracy": float(torch.stack(accuracies).mean())}
@@ -139,14 +146,15 @@ def test_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
     assert state["spec"]["train_episodes"] == {"dataset": "digits", "split": "train",
                                                "ways": 5, "shots": 1, "queries": 5}
     assert set(state["model"]) == set(toy(0).state_dict())
-    assert {"torch", "sampler", "learner"} <= set(state["rng"])
+    assert set(state["rng"]["learner"]) == {"support/noise", "query/noise"}
+    assert set(state["rng"]["sampler"]) == {"episodes"}
     assert state["optimizer"]["param_groups"][0]["weight_decay"] == 1e-4
 
 
 def test_crash_while_saving_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch) -> None:
     train, _ = samplers()
     fit(toy(0), train, CONFIG, out_dir=tmp_path, progress=False, stop_after=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT, METRICS]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT, METRICS_FILE]
     good = (tmp_path / CHECKPOINT).read_bytes()
 
     def torn_save(obj, f, *args, **kwargs):
@@ -157,7 +165,7 @@ def test_crash_while_saving_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch
     with pytest.raises(OSError, match="disk full"):
         fit(toy(0), train, CONFIG, out_dir=tmp_path, progress=False, stop_after=4)
     assert (tmp_path / CHECKPOINT).read_bytes() == good
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT, METRICS]  # no temp files
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT, METRICS_FILE]  # no temp files
     assert load_checkpoint(tmp_path / CHECKPOINT)["step"] == 2
 
 
@@ -191,13 +199,13 @@ def test_metrics_json_holds_fractions(tmp_path: Path) -> None:
     train, val = samplers()
     result = fit(toy(0), train, replace(CONFIG, steps=4), val_sampler=val, out_dir=tmp_path,
                  progress=False, spec=SPEC)
-    before = json.loads((tmp_path / METRICS).read_text())
+    before = json.loads((tmp_path / METRICS_FILE).read_text())
     assert before["accuracy"] is None and before["episodes"] == 0  # not evaluated yet
 
     evaluation = EvalResult(0.75, 0.05, 40, (0.75,) * 40)
     test = EpisodeSampler(load_dataset("digits", "test"), 3, 2, 4, seed=0)
     write_metrics(tmp_path, result, evaluation, test)
-    metrics = json.loads((tmp_path / METRICS).read_text())
+    metrics = json.loads((tmp_path / METRICS_FILE).read_text())
     assert {"accuracy", "ci95", "ways", "shots", "episodes", "train_seconds", "method",
             "dataset", "history"} <= set(metrics)
     assert metrics["accuracy"] == 0.75 and metrics["ci95"] == 0.05
@@ -229,3 +237,44 @@ def test_spec_must_be_plain_data() -> None:
     with pytest.raises(ValueError, match="plain data"):
         fit(toy(0), samplers()[0], replace(CONFIG, steps=1), progress=False,
             spec={"learner": {"encoder": nn.Identity()}})
+
+
+class NoMetaLoss(nn.Module):
+    def classify(self, episode):
+        return episode.query_x
+
+
+def test_fit_names_what_a_learner_lacks() -> None:
+    train, _ = samplers()
+    with pytest.raises(TypeError, match="NoMetaLoss is not a learner: it has no meta_loss"):
+        fit(NoMetaLoss(), train, CONFIG, progress=False)
+
+
+def test_fit_names_what_a_task_source_lacks() -> None:
+    class Episodes:  # sample_batch, but no generators() for the checkpoint
+        def sample_batch(self, n):
+            return samplers()[0].sample_batch(n)
+
+    with pytest.raises(TypeError, match="Episodes is not a task source: it has no generators"):
+        fit(toy(0), Episodes(), CONFIG, progress=False)
+
+
+def test_after_step_gets_the_step_and_the_run_length() -> None:
+    calls = []
+
+    class Counting(ToyProtoNet):
+        def after_step(self, step, total_steps):
+            calls.append((step, total_steps))
+
+    torch.manual_seed(0)
+    fit(Counting(), samplers()[0], replace(CONFIG, steps=3), progress=False)
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_a_checkpoint_of_another_format_is_refused(tmp_path: Path) -> None:
+    train, _ = samplers()
+    fit(toy(0), train, replace(CONFIG, steps=2), out_dir=tmp_path, progress=False)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    torch.save({**state, "format": 1}, tmp_path / CHECKPOINT)
+    with pytest.raises(ValueError, match="format 1; this version reads format 2"):
+        fit(toy(0), train, replace(CONFIG, steps=4), out_dir=tmp_path, progress=False)

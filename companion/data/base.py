@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from companion.checks import check_int
+
 
 @dataclass(frozen=True)
 class ImageDataset:
@@ -158,8 +160,7 @@ def resize_images(images: torch.Tensor, size: int, method: str = "bilinear") -> 
         - images: ``(M, channels, H, W)`` floating point
         - returns: ``(M, channels, size, size)``, same dtype and device
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"image size must be a positive number of pixels; got {size!r}")
+    check_int("image size", size)
     if method not in RESIZE_FILTERS:
         raise ValueError(f"unknown resize method {method!r}; allowed: {', '.join(RESIZE_FILTERS)}")
     if images.shape[-2:] == (size, size):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from companion.checks import check_int
 from companion.data.base import ImageDataset
 
 
@@ -53,6 +54,10 @@ class ImageBatchSampler:
         self.dataset = dataset
         self.generator = generator
 
+    def generators(self) -> dict[str, torch.Generator]:
+        """The sampler's one random stream (:class:`companion.protocols.TaskSource`)."""
+        return {"images": self.generator}
+
     def __len__(self) -> int:
         return len(self.dataset.images)
 
@@ -62,8 +67,7 @@ class ImageBatchSampler:
         Shape:
             - returns: ``(batch_size, C, H, W)``, on the dataset's device (the CPU)
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        check_int("batch_size", batch_size)
         if batch_size > len(self):
             raise ValueError(
                 f"batch_size {batch_size} exceeds the {len(self)} images of "

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from companion.checks import check_int
 from companion.data.base import ImageDataset
 
 
@@ -132,14 +133,6 @@ class TaskBatch:
         )
 
 
-def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}; got {value}")
-    return value
-
-
 class EpisodeSampler:
     """Draws N-way K-shot episodes from the classes of one dataset split.
 
@@ -179,9 +172,9 @@ class EpisodeSampler:
         generator: torch.Generator | None = None,
     ) -> None:
         self.dataset = dataset
-        self.ways = _positive_int("ways", ways)
-        self.shots = _positive_int("shots", shots)
-        self.queries = _positive_int("queries", queries, minimum=0)
+        self.ways = check_int("ways", ways)
+        self.shots = check_int("shots", shots)
+        self.queries = check_int("queries", queries, 0)
         if ways > dataset.num_classes:
             raise ValueError(
                 f"cannot draw {ways}-way episodes from {dataset.name}/{dataset.split}: it has "
@@ -198,6 +191,10 @@ class EpisodeSampler:
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
         self.generator = generator
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """The sampler's one random stream (:class:`companion.protocols.TaskSource`)."""
+        return {"episodes": self.generator}
 
     def sample(self) -> Episode:
         """Draw one episode."""
@@ -220,12 +217,12 @@ class EpisodeSampler:
 
     def sample_batch(self, tasks: int) -> TaskBatch:
         """Draw ``tasks`` episodes stacked into a :class:`TaskBatch`."""
-        _positive_int("tasks", tasks)
+        check_int("tasks", tasks)
         return TaskBatch.stack([self.sample() for _ in range(tasks)])
 
     def episodes(self, n: int) -> Iterator[Episode]:
         """Yield ``n`` episodes."""
-        _positive_int("n", n)
+        check_int("n", n)
         for _ in range(n):
             yield self.sample()
 

@@ -37,6 +37,7 @@ import requests
 import torch
 from PIL import Image
 
+from companion.checks import check_int
 from companion.data.base import ImageDataset, resize_images
 from companion.data.paths import DatasetNotFoundError, dataset_dir
 
@@ -254,8 +255,7 @@ def load_omniglot(split: str = "train", *, root: str | os.PathLike[str] | None =
         raise ValueError(
             f"unknown Omniglot split {split!r}; available: {', '.join(OMNIGLOT_SPLITS)}"
         )
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int; got {image_size!r}")
+    check_int("image_size", image_size)
     set_name = "evaluation" if split in ("test", "evaluation") else "background"
     images, alphabets, source = _cached_set(set_name, root=root, download=download)
     groups, names = _groups_and_names(alphabets, images.shape[0])

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
-from companion.data.episodes import Episode, TaskBatch, _positive_int
+from companion.checks import check_int
+from companion.data.episodes import Episode, TaskBatch
 
 AMPLITUDE: tuple[float, float] = (0.1, 5.0)
 """Range of the amplitude ``A`` (uniform)."""
@@ -65,7 +66,7 @@ class SinusoidTask:
         Shape:
             - returns: ``x (points,)`` and ``y (points,)``
         """
-        _positive_int("points", points, minimum=2)
+        check_int("points", points, 2)
         x = torch.linspace(*INPUT, points, dtype=dtype, device=device)
         return x, self(x)
 
@@ -101,14 +102,18 @@ class SinusoidTasks:
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.shots = _positive_int("shots", shots)
-        self.queries = _positive_int("queries", queries, minimum=0)
+        self.shots = check_int("shots", shots)
+        self.queries = check_int("queries", queries, 0)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating torch.dtype; got {dtype!r}")
         self.dtype = dtype
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
         self.generator = generator
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """The sampler's one random stream (:class:`companion.protocols.TaskSource`)."""
+        return {"tasks": self.generator}
 
     def sample_task(self) -> SinusoidTask:
         """Draw one wave (its amplitude and phase)."""
@@ -133,5 +138,5 @@ class SinusoidTasks:
 
     def sample_batch(self, tasks: int) -> TaskBatch:
         """Draw ``tasks`` episodes stacked into a :class:`TaskBatch` (``T`` leading)."""
-        _positive_int("tasks", tasks)
+        check_int("tasks", tasks)
         return TaskBatch.stack([self.sample() for _ in range(tasks)])

@@ -14,15 +14,30 @@ models (Adam with step size :math:`\beta` in the paper),
 
 :meth:`MAML.meta_loss` returns the *mean* of the query losses over the tasks (the sum
 divided by the number of tasks ``T``, i.e. :math:`\beta` rescaled), as the paper's code does.
+The outer loop itself (the optimiser, :math:`\beta`, the meta-batch size) belongs to the
+training loop, :class:`companion.train.TrainConfig`, and its per-method presets in
+:mod:`companion.methods`.
 
 **Second vs first order.** :math:`\theta'_i` depends on :math:`\theta` through the inner
 gradient, so the meta-gradient of one task is
 :math:`(I - \alpha \nabla^2_\theta \mathcal{L}^{S}_{T_i}(\theta))\,
 \nabla_{\theta'} \mathcal{L}^{Q}_{T_i}(\theta'_i)`: a Hessian-vector product per inner
-step. ``first_order=True`` treats the inner gradients as constants (they are detached),
-which drops the Hessian term: the meta-gradient is the query gradient at the adapted
-parameters, applied to :math:`\theta` (Finn et al., sec. 5.2: nearly as accurate on
-miniImageNet, about 33% faster).
+step. ``first_order=True`` treats the inner gradients as constants, which drops the Hessian
+term: the meta-gradient is the query gradient at the adapted parameters, applied to
+:math:`\theta` (Finn et al., sec. 5.2, report it nearly as accurate on miniImageNet and
+faster). The inner gradients are then taken at *detached* parameters, so no graph from
+them to :math:`\theta` is built at all.
+
+**The support loss is a callable.** The inner loop descends
+``support_loss(predict, params, x, y)``, by default the task's own loss of
+``predict(params, x)`` (cross-entropy, or the squared error for regression). Any scalar
+function of the same fast parameters can replace it, for example the task loss plus a
+self-supervised term on the support images (a rotation or a mirror-image prediction), so
+that self-supervision joins the inner loop. Such a term may need a head of its own: extra
+modules passed as ``heads`` are part of :math:`\theta` (named ``heads.<name>.<param>``),
+adapted in the inner loop with the rest and meta-learned by the outer loop; only the
+support loss uses them. With second order they receive a meta-gradient through their
+effect on the adapted model; with first order the query loss does not depend on them.
 
 **Implementation.** Everything is functional: a parameter dict goes in, a new dict of
 ``fast_params`` comes out (``torch.func.functional_call`` runs the model with it,
@@ -30,15 +45,15 @@ miniImageNet, about 33% faster).
 tasks of a meta-batch are either a Python loop or ``torch.func.vmap`` (``strategy``):
 ``"auto"`` uses ``vmap`` on CUDA and the loop on the CPU, where ``vmap`` turns the per-task
 convolution weights into grouped convolutions and the per-task activations into large
-tensors that no longer fit in cache (Conv-4, 5-way 1-shot 15-query, 32 tasks, 2 cores:
-about 2.3 s per step looped, several times that with ``vmap``; ``bench/maml_speed.py``).
-Both give the same meta-gradient when the norm layers are :class:`companion.nets.BatchNorm` (see
+tensors that no longer fit in cache (``bench/maml_speed.py`` measures both). Both give the
+same meta-gradient when the norm layers are :class:`companion.nets.BatchNorm` (see
 ``tests/test_nets.py`` for why not ``nn.BatchNorm2d``).
 
 **ANIL** (Raghu et al., 2020) adapts only the head in the inner loop
-(``MAMLConfig(adapt="head")``: the parameters of the model's last module); the body is
-still meta-learned in the outer loop. The body's features are computed once per task, so
-the inner loop is a linear model's and the step is much cheaper.
+(``MAMLConfig(adapt="head")``: the parameters of the model's last module, and the extra
+``heads``); the body is still meta-learned in the outer loop. The body's features of the
+support images are computed once per task, so the inner loop is a linear model's and the
+step is much cheaper.
 
 **Proto-MAML** (Triantafillou et al., 2020, Meta-Dataset, sec. 3) initialises each task's
 linear head from the prototypes :math:`c_k` (mean support embeddings of class :math:`k`):
@@ -51,7 +66,8 @@ through the initialisation into the encoder, even first-order, which is how Meta
 trains it (``first_order=True``).
 
 Shape:
-    - params, fast_params: ``dict[str, Tensor]`` named as ``model.named_parameters()``
+    - params, fast_params: ``dict[str, Tensor]`` named as ``model.named_parameters()``,
+      plus ``heads.<name>.<param>`` for the extra heads
     - one task: support_x ``(N*K, *)``, support_y ``(N*K,)``, query_x ``(N*Q, *)``;
       ``predict`` gives logits ``(N*Q, N)``
     - a :class:`TaskBatch` stacks ``T`` tasks on a leading axis; ``meta_loss`` is a scalar
@@ -73,12 +89,32 @@ Example:
     >>> loss.backward()  # the meta-gradient; then Adam(maml.parameters(), lr=1e-3).step()
     >>> sorted(logs)
     ['accuracy', 'loss']
+
+    A self-supervised term in the inner loop: the body also learns to tell the support
+    images from their mirror images, with a head of its own that MAML adapts and
+    meta-learns with the rest.
+
+    >>> body, head = Conv4(1, hidden=8), linear_head(8, 5)
+    >>> mirror = nn.Linear(8, 2)
+    >>> def support_loss(predict, params, x, y):
+    ...     both = torch.cat([x, x.flip(-1)])  # (2B, C, H, W): original, then mirrored
+    ...     is_mirrored = torch.arange(2).repeat_interleave(len(x))  # (2B,)
+    ...     z = functional_call(body, subparams(params, "0."), (both,))  # (2B, D)
+    ...     logits = functional_call(mirror, subparams(params, "heads.mirror."), (z,))
+    ...     return F.cross_entropy(predict(params, x), y) + F.cross_entropy(logits, is_mirrored)
+    >>> maml = MAML(nn.Sequential(body, head), heads={"mirror": mirror},
+    ...             support_loss=support_loss)
+    >>> sorted(k for k in maml.params() if k.startswith("heads."))
+    ['heads.mirror.bias', 'heads.mirror.weight']
+    >>> loss, logs = maml.meta_loss(batch)
+    >>> loss.backward()
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -86,19 +122,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from companion.checks import check_choice, check_int, check_positive
 from companion.data.episodes import Episode, TaskBatch
 from companion.meta.protonet import prototypes
 
 Params = dict[str, torch.Tensor]
+"""Parameters by name, as ``module.named_parameters()`` gives them (shared by Reptile)."""
+Predict = Callable[[Params, torch.Tensor], torch.Tensor]
+"""A learner's forward pass with the given parameters: ``predict(params, x) -> outputs``."""
+SupportLoss = Callable[[Predict, Params, torch.Tensor, torch.Tensor], torch.Tensor]
+"""The inner loop's loss of one task: ``support_loss(predict, params, x, y) -> scalar``."""
 LOSSES = ("cross_entropy", "mse")
 ADAPT = ("all", "head")
 STRATEGIES = ("auto", "loop", "vmap")
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
-    return value
+HEADS_PREFIX = "heads."  # the prefix of the extra heads' parameter names
 
 
 @dataclass(frozen=True)
@@ -106,29 +143,28 @@ class MAMLConfig:
     """Hyper-parameters of MAML; the defaults are Omniglot 5-way (Finn et al., sec. 5.2).
 
     For the sinusoid regression of sec. 5.1 use ``MAMLConfig(inner_lr=0.01, loss="mse")``
-    with ``MLP(1, hidden=(40, 40), out_features=1)`` (meta-batch 25, K = 10 in the paper).
+    with ``MLP(1, hidden=(40, 40), out_features=1)``.
+
+    The outer loop's settings are the training loop's (:class:`companion.train.TrainConfig`
+    and the presets of :mod:`companion.methods`), not fields here. Finn et al. use Adam with
+    :math:`\\beta = 10^{-3}` (``lr``) and 32 tasks per meta-update for Omniglot 5-way, 25 for
+    the sinusoids (``meta_batch``), K = 10 sinusoid points.
     """
 
     inner_lr: float = 0.4  # alpha, the inner SGD step (Omniglot; 0.01 for sinusoids)
     inner_steps: int = 1  # inner steps while meta-training (Omniglot 5-way: 1)
     inner_steps_test: int = 3  # inner steps at meta-test, same alpha (Omniglot: 3)
-    meta_batch: int = 32  # tasks per meta-update (Omniglot 5-way: 32); read by the loop
-    outer_lr: float = 1e-3  # beta, Adam's step size (the paper's code); read by the loop
-    first_order: bool = False  # detach the inner gradients: first-order MAML (sec. 5.2)
+    first_order: bool = False  # inner gradients as constants: first-order MAML (sec. 5.2)
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # "mse": regression, sec. 5.1
     adapt: Literal["all", "head"] = "all"  # "head": ANIL, the inner loop adapts the head only
     strategy: Literal["auto", "loop", "vmap"] = "auto"  # tasks: vmap on CUDA, loop on CPU
 
     def __post_init__(self) -> None:
-        for name in ("inner_lr", "outer_lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ValueError(f"{name} must be a positive number; got {value!r}")
-        for name, minimum in (("inner_steps", 0), ("inner_steps_test", 0), ("meta_batch", 1)):
-            _check_int(name, getattr(self, name), minimum)
+        check_positive("inner_lr", self.inner_lr)
+        check_int("inner_steps", self.inner_steps, minimum=0)
+        check_int("inner_steps_test", self.inner_steps_test, minimum=0)
         for name, allowed in (("loss", LOSSES), ("adapt", ADAPT), ("strategy", STRATEGIES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
+            check_choice(name, getattr(self, name), allowed)
         if not isinstance(self.first_order, bool):
             raise ValueError(f"first_order must be a bool; got {self.first_order!r}")
 
@@ -149,6 +185,27 @@ def task_loss(pred: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
     return F.mse_loss(pred, y)
 
 
+def supervised_loss(
+    predict: Predict, params: Params, x: torch.Tensor, y: torch.Tensor, *, loss: str
+) -> torch.Tensor:
+    """The default support loss: the task's own loss, ``task_loss(predict(params, x), y, loss)``.
+
+    Shape:
+        - x: ``(B, *)``; y: ``(B,)`` labels or ``(B,)``/``(B, D)`` targets; returns a scalar
+    """
+    return task_loss(predict(params, x), y, loss)
+
+
+def subparams(params: Params, prefix: str) -> Params:
+    """The entries of ``params`` whose names start with ``prefix``, with it removed.
+
+    For running one part with ``functional_call``: ``subparams(params, "heads.rotation.")``
+    are the parameters of the extra head ``rotation``, ``subparams(params, "0.")`` those of
+    the first module of an ``nn.Sequential`` model.
+    """
+    return {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
+
+
 def inner_sgd(
     loss_fn: Callable[[Params], torch.Tensor],
     params: Params,
@@ -161,14 +218,16 @@ def inner_sgd(
     r"""``steps`` SGD steps :math:`\theta \leftarrow \theta - \alpha \nabla_\theta L(\theta)`
     on the entries ``names`` of ``params``; the others are passed through unchanged.
 
-    ``create_graph=False`` detaches the gradients (first order); with ``True`` the new
-    parameters stay differentiable functions of the old ones (second order).
+    ``create_graph=True`` (second order): the new parameters are differentiable functions of
+    the old ones, through the gradients too. ``False`` (first order): each gradient is taken
+    at detached copies of the parameters, so it is a constant with no graph to the old ones
+    (``loss_fn`` must then not close over tensors that carry one); the update
+    :math:`\theta - \alpha g` itself stays differentiable in :math:`\theta`.
     """
-    rest = {k: v for k, v in params.items() if k not in names}  # not adapted (ANIL's body)
     for _ in range(steps):
-        grads = grad(lambda fast: loss_fn({**rest, **fast}))({k: params[k] for k in names})
-        if not create_graph:
-            grads = {k: g.detach() for k, g in grads.items()}
+        at = params if create_graph else {k: v.detach() for k, v in params.items()}
+        rest = {k: v for k, v in at.items() if k not in names}  # not adapted (ANIL's body)
+        grads = grad(lambda fast, rest=rest: loss_fn({**rest, **fast}))({k: at[k] for k in names})
         params = {**params, **{k: params[k] - lr * g for k, g in grads.items()}}
     return params
 
@@ -180,16 +239,54 @@ def _accuracy(pred: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
 
 
 class _InnerLoopLearner(nn.Module):
-    """Abstract: the meta-batch and evaluation shared by MAML and Proto-MAML. Each defines
-    ``params() -> Params``, ``predict(params, x)`` and ``_adapt(params, x, y, steps,
-    create_graph)`` (one task, no argument checks, so it is safe under ``vmap``)."""
+    """Abstract: the meta-batch, evaluation, extra heads and support loss shared by MAML and
+    Proto-MAML. Each defines ``_own_params() -> Params``, ``predict(params, x)`` and
+    ``_adapt(params, x, y, steps, create_graph)`` (one task, no argument checks, so it is
+    safe under ``vmap``)."""
 
-    def __init__(self, config: MAMLConfig | None) -> None:
+    def __init__(
+        self,
+        config: MAMLConfig | None,
+        heads: Mapping[str, nn.Module] | None,
+        support_loss: SupportLoss | None,
+    ) -> None:
         super().__init__()
         config = MAMLConfig() if config is None else config
         if not isinstance(config, MAMLConfig):
             raise TypeError(f"config must be a MAMLConfig; got {type(config).__name__}")
         self.config = config
+        heads = {} if heads is None else heads
+        if not isinstance(heads, Mapping) or not all(
+            isinstance(h, nn.Module) for h in heads.values()
+        ):
+            raise TypeError(f"heads must map names to nn.Modules; got {heads!r}")
+        self.heads = nn.ModuleDict(heads)
+        if support_loss is None:
+            support_loss = partial(supervised_loss, loss=config.loss)
+        elif not callable(support_loss):
+            raise TypeError(f"support_loss must be callable; got {type(support_loss).__name__}")
+        self.support_loss = support_loss
+
+    def params(self) -> Params:
+        r"""The meta-parameters :math:`\theta`: the model's by name, then the extra heads'
+        as ``heads.<name>.<param>``."""
+        heads = {HEADS_PREFIX + k: v for k, v in self.heads.named_parameters()}
+        return {**self._own_params(), **heads}
+
+    def _check_names(self, own: Params) -> None:
+        clash = [k for k in own if k.startswith(HEADS_PREFIX)] if len(self.heads) else []
+        if clash:
+            raise ValueError(f"parameter names {clash} clash with the extra heads' prefix "
+                             f"{HEADS_PREFIX!r}; rename the module that holds them")
+
+    def _without_heads(self, params: Params) -> Params:
+        """The entries of ``params`` that are not the extra heads'."""
+        if not len(self.heads):
+            return params
+        return {k: v for k, v in params.items() if not k.startswith(HEADS_PREFIX)}
+
+    def _head_names(self, params: Params) -> list[str]:
+        return [k for k in params if len(self.heads) and k.startswith(HEADS_PREFIX)]
 
     def _check(self, x: torch.Tensor, y: torch.Tensor, name: str, lead: int = 1) -> None:
         """Labels match the inputs (``lead`` = 1 for a task, 2 for a :class:`TaskBatch`)."""
@@ -210,24 +307,33 @@ class _InnerLoopLearner(nn.Module):
         params: Params,
         support_x: torch.Tensor,
         support_y: torch.Tensor,
-        steps: int | None = None,
         *,
-        create_graph: bool = True,
+        steps: int | None = None,
+        test: bool = False,
     ) -> Params:
         r"""Inner loop: :math:`\theta' = \theta - \alpha \nabla_\theta \mathcal{L}^S(\theta)`,
-        ``steps`` times (default ``config.inner_steps``).
+        ``steps`` times, on ``support_loss``.
 
-        The graph to ``params`` is kept (second order) when ``create_graph`` and not
-        ``config.first_order``; otherwise the inner gradients are detached.
+        Args:
+            params: the starting point :math:`\theta` (e.g. :meth:`params`).
+            support_x, support_y: the task's support set.
+            steps: inner steps (default ``config.inner_steps``, or ``inner_steps_test``
+                with ``test``).
+            test: the test-time settings: ``inner_steps_test`` steps and no graph through
+                the inner gradients. Otherwise the graph to ``params`` is kept (second
+                order) unless ``config.first_order``.
 
         Shape:
             - support_x: ``(N*K, *)``; support_y: ``(N*K,)`` (or ``(N*K, D)`` for mse)
             - returns: ``fast_params``, a new dict (keys as :meth:`params`; Proto-MAML adds
               ``head.weight`` ``(N, D)`` and ``head.bias`` ``(N,)``)
         """
-        steps = self.config.inner_steps if steps is None else _check_int("steps", steps, 0)
+        cfg = self.config
+        if steps is None:
+            steps = cfg.inner_steps_test if test else cfg.inner_steps
+        check_int("steps", steps, minimum=0)
         self._check(support_x, support_y, "support")
-        keep = create_graph and not self.config.first_order
+        keep = not test and not cfg.first_order
         return self._adapt(params, support_x, support_y, steps, keep)
 
     def meta_loss(
@@ -235,7 +341,7 @@ class _InnerLoopLearner(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         r"""Mean query loss after adaptation, :math:`\frac1T\sum_i\mathcal{L}_{T_i}(f_{\theta'_i})`.
 
-        Its gradient with respect to ``params`` (default: this module's parameters) is the
+        Its gradient with respect to ``params`` (default: :meth:`params`) is the
         meta-gradient. Returns ``(loss, {"loss", "accuracy"})`` (no accuracy for mse).
 
         Shape:
@@ -279,10 +385,9 @@ class _InnerLoopLearner(nn.Module):
         """
         if not isinstance(episode, Episode):
             raise TypeError(f"classify expects an Episode; got {type(episode).__name__}")
-        x, y, steps = episode.support_x, episode.support_y, self.config.inner_steps_test
         with torch.enable_grad():
             params = {k: v.detach() for k, v in self.params().items()}
-            fast_params = self.adapt(params, x, y, steps, create_graph=False)
+            fast_params = self.adapt(params, episode.support_x, episode.support_y, test=True)
             return self.predict(fast_params, episode.query_x).detach()
 
 
@@ -295,13 +400,32 @@ class MAML(_InnerLoopLearner):
             (``config.adapt="head"``) needs an ``nn.Sequential`` whose last module (the
             head) has parameters; the modules before it are the body.
         config: hyper-parameters (default :class:`MAMLConfig()`).
+        heads: extra modules (e.g. a rotation head for a self-supervised support term),
+            registered as ``self.heads``; their parameters join :meth:`params` as
+            ``heads.<name>.<param>``, are adapted in the inner loop (ANIL too) and
+            meta-learned by the outer loop. Only ``support_loss`` uses them.
+        support_loss: the inner loop's loss of one task, ``support_loss(predict, params,
+            x, y) -> scalar``, where ``predict(params, x)`` is :meth:`predict` and
+            ``params`` the current fast parameters (heads included). Default: the task
+            loss, :func:`supervised_loss` with ``config.loss``. It runs under ``vmap``
+            with the ``"vmap"`` strategy, so it must be free of data-dependent Python
+            control flow. Under ANIL, ``predict(params, x)`` on the support images
+            themselves reuses the body features computed once per task; other inputs go
+            through the body.
 
     Shape:
         - predict: x ``(B, *)`` -> ``(B, N)`` logits
     """
 
-    def __init__(self, model: nn.Module, config: MAMLConfig | None = None) -> None:
-        super().__init__(config)
+    def __init__(
+        self,
+        model: nn.Module,
+        config: MAMLConfig | None = None,
+        *,
+        heads: Mapping[str, nn.Module] | None = None,
+        support_loss: SupportLoss | None = None,
+    ) -> None:
+        super().__init__(config, heads, support_loss)
         if self.config.adapt == "head":
             if not isinstance(model, nn.Sequential) or len(model) < 2:
                 raise ValueError(
@@ -311,31 +435,34 @@ class MAML(_InnerLoopLearner):
             if not list(model[-1].parameters()):
                 raise ValueError(f"adapt='head': the last module {model[-1]!r} has no parameters")
         self.model = model
+        self._check_names(self._own_params())
 
-    def params(self) -> Params:
-        """The meta-parameters :math:`\\theta`, by the model's parameter names."""
+    def _own_params(self) -> Params:
         return dict(self.model.named_parameters())
 
     def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """:math:`f_\\theta(x)` with the given parameters."""
-        return functional_call(self.model, params, (x,))
+        """:math:`f_\\theta(x)` with the given parameters (the extra heads' are ignored)."""
+        return functional_call(self.model, self._without_heads(params), (x,))
 
     def _adapt(self, params, x, y, steps, create_graph):
         cfg = self.config
+        predict = self.predict
         if cfg.adapt == "all":
             names = list(params)
-
-            def loss_fn(p: Params) -> torch.Tensor:
-                return task_loss(self.predict(p, x), y, cfg.loss)
         else:  # ANIL: body features once, then the inner loop of a linear model
             prefix = f"{len(self.model) - 1}."  # the head's names in the Sequential
-            names = [k for k in params if k.startswith(prefix)]
-            body = {k: v for k, v in params.items() if not k.startswith(prefix)}
-            z = functional_call(self.model[:-1], body, (x,))  # (B, D)
+            names = [k for k in params if k.startswith(prefix)] + self._head_names(params)
+            at = params if create_graph else {k: v.detach() for k, v in params.items()}
+            body = {k: v for k, v in self._without_heads(at).items() if not k.startswith(prefix)}
+            z = functional_call(self.model[:-1], body, (x,))  # (B, D), computed once
 
-            def loss_fn(p: Params) -> torch.Tensor:
-                head = {k.removeprefix(prefix): p[k] for k in names}
-                return task_loss(functional_call(self.model[-1], head, (z,)), y, cfg.loss)
+            def predict(p: Params, inputs: torch.Tensor) -> torch.Tensor:
+                if inputs is x:  # the support images: their features are z
+                    return functional_call(self.model[-1], subparams(p, prefix), (z,))
+                return self.predict(p, inputs)
+
+        def loss_fn(p: Params) -> torch.Tensor:
+            return self.support_loss(predict, p, x, y)
 
         return inner_sgd(
             loss_fn, params, names, lr=cfg.inner_lr, steps=steps, create_graph=create_graph
@@ -348,7 +475,12 @@ class ProtoMAML(_InnerLoopLearner):
     Args:
         encoder: maps inputs ``(B, *)`` to embeddings ``(B, D)``.
         ways: classes per episode ``N`` (episodes must be class-first).
-        config: hyper-parameters; ``adapt="head"`` adapts only the head in the inner loop.
+        config: hyper-parameters; ``adapt="head"`` adapts only the head (and the extra
+            ``heads``) in the inner loop.
+        heads, support_loss: as for :class:`MAML` (the default support loss is the
+            cross-entropy of :meth:`predict`); ``params`` given to the support loss hold
+            the task's head as ``head.weight`` and ``head.bias``. With ``adapt="head"``,
+            ``predict(params, x)`` on the support images reuses their embeddings.
 
     Shape:
         - predict: x ``(B, *)`` -> ``(B, N)`` logits ``z W^T + b``
@@ -356,17 +488,26 @@ class ProtoMAML(_InnerLoopLearner):
 
     HEAD = ("head.weight", "head.bias")
 
-    def __init__(self, encoder: nn.Module, ways: int, config: MAMLConfig | None = None) -> None:
-        super().__init__(config)
+    def __init__(
+        self,
+        encoder: nn.Module,
+        ways: int,
+        config: MAMLConfig | None = None,
+        *,
+        heads: Mapping[str, nn.Module] | None = None,
+        support_loss: SupportLoss | None = None,
+    ) -> None:
+        super().__init__(config, heads, support_loss)
         if self.config.loss != "cross_entropy":
             raise ValueError(
                 f"ProtoMAML classifies: loss must be 'cross_entropy'; got {self.config.loss!r}"
             )
         self.encoder = encoder
-        self.ways = _check_int("ways", ways, 1)
+        self.ways = check_int("ways", ways)
+        self._check_names(self._own_params())
 
-    def params(self) -> Params:
-        """The meta-parameters: the encoder's (the head is built per task)."""
+    def _own_params(self) -> Params:
+        """The encoder's parameters (the head is built per task)."""
         return dict(self.encoder.named_parameters())
 
     def _check(self, x, y, name, lead=1):
@@ -379,27 +520,34 @@ class ProtoMAML(_InnerLoopLearner):
                 f"[0]*K + ... + [{self.ways - 1}]*K; got {y.tolist()}"
             )
 
+    def _encoder_params(self, params: Params) -> Params:
+        return {k: v for k, v in self._without_heads(params).items() if k not in self.HEAD}
+
     def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        encoder = {k: v for k, v in params.items() if k not in self.HEAD}
-        z = functional_call(self.encoder, encoder, (x,))  # (B, D)
+        z = functional_call(self.encoder, self._encoder_params(params), (x,))  # (B, D)
         return F.linear(z, params["head.weight"], params["head.bias"])  # (B, N)
 
     def _adapt(self, params, x, y, steps, create_graph):
-        z = functional_call(self.encoder, params, (x,))  # (N*K, D), class-first
-        c = prototypes(z, self.ways)  # (N, D), Snell et al. eq. 1
+        z = functional_call(self.encoder, self._encoder_params(params), (x,))  # (N*K, D)
+        c = prototypes(z, self.ways)  # (N, D), class-first; Snell et al. eq. 1
+        # The init keeps its graph to the encoder, first order too (Meta-Dataset).
         params = {**params, "head.weight": 2 * c, "head.bias": -c.square().sum(-1)}
-        cfg = self.config
-        if cfg.adapt == "all":
+        predict = self.predict
+        if self.config.adapt == "all":
             names = list(params)
+        else:  # the head only, on the embeddings computed once
+            names = [*self.HEAD, *self._head_names(params)]
+            z_inner = z if create_graph else z.detach()
 
-            def loss_fn(p: Params) -> torch.Tensor:
-                return F.cross_entropy(self.predict(p, x), y)
-        else:  # the head only, on the features computed once
-            names = list(self.HEAD)
+            def predict(p: Params, inputs: torch.Tensor) -> torch.Tensor:
+                if inputs is x:  # the support images: their embeddings are z
+                    return F.linear(z_inner, p["head.weight"], p["head.bias"])
+                return self.predict(p, inputs)
 
-            def loss_fn(p: Params) -> torch.Tensor:
-                return F.cross_entropy(F.linear(z, p["head.weight"], p["head.bias"]), y)
+        def loss_fn(p: Params) -> torch.Tensor:
+            return self.support_loss(predict, p, x, y)
 
         return inner_sgd(
-            loss_fn, params, names, lr=cfg.inner_lr, steps=steps, create_graph=create_graph
+            loss_fn, params, names, lr=self.config.inner_lr, steps=steps,
+            create_graph=create_graph,
         )

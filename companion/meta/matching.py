@@ -69,39 +69,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from companion.checks import check_int, check_positive, preview
 from companion.data.episodes import Episode, TaskBatch
-from companion.meta.protonet import _preview, check_task_batch, embed_tasks
+from companion.meta.protonet import check_task_batch, embed_tasks
 
 
 @dataclass(frozen=True)
 class MatchingConfig:
-    """Hyper-parameters of Matching Networks.
+    """What defines a matching network.
 
-    The paper gives the architecture and the episode sizes but no optimiser settings; we use
-    Snell et al.'s (Adam 1e-3 halved every 2000 episodes) so the two methods compare like
-    with like. ``fce``, ``fce_steps`` and ``scale`` define the model; the rest is read by the
-    training loop.
+    ``fce`` and ``fce_steps`` are the paper's full-context embeddings; ``scale`` multiplies
+    the cosine of eq. 2 (the paper has none, i.e. 1). The training episodes (the test's N
+    and K: "matching train and test conditions", sec. 2.2) and the optimiser (the paper
+    gives none; we use Snell et al.'s Adam at 1e-3, halved every 2,000 episodes, so the two
+    methods compare like with like) belong to the training loop: see the ``matchingnet``
+    entry of :data:`companion.methods.REGISTRY`.
     """
 
-    ways: int = 5  # train on the test's N and K: "matching train and test conditions" (sec. 2.2)
-    shots: int = 1
-    queries: int = 15  # our choice (the paper's batch B of queries per task is not stated)
-    test_ways: int = 5  # 5- and 20-way on Omniglot (Table 1), 5-way on miniImageNet (Table 2)
-    test_queries: int = 15  # our choice
-    meta_batch: int = 1  # our choice: one episode per step, as for ProtoNet
-    lr: float = 1e-3  # Adam; not given in the paper (Snell et al.'s value)
-    lr_step: int = 2000  # halve every 2000 episodes (Snell et al.'s schedule)
-    lr_gamma: float = 0.5
     fce: bool = False  # full-context embeddings (sec. 2.1.2); the paper's Omniglot nets omit them
     fce_steps: int = 5  # K, the attLSTM's reads (appendix A.1); not given in the paper
     scale: float = 1.0  # multiplies the cosine in eq. 2; the paper has none, i.e. 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.fce_steps, bool) or not isinstance(self.fce_steps, int) \
-                or self.fce_steps < 1:
-            raise ValueError(f"fce_steps must be a positive int; got {self.fce_steps!r}")
-        if not self.scale > 0:
-            raise ValueError(f"scale must be positive; got {self.scale!r}")
+        if not isinstance(self.fce, bool):
+            raise ValueError(f"fce must be a bool; got {self.fce!r}")
+        check_int("fce_steps", self.fce_steps)
+        check_positive("scale", self.scale)
 
 
 def cosine_attention(
@@ -142,13 +135,13 @@ def matching_log_probs(
                          f"{tuple(support_y.shape)} and {tuple(z_support.shape)}")
     if support_y.dtype.is_floating_point or support_y.dtype == torch.bool or support_y.numel() == 0:
         raise ValueError(f"support_y must be integer labels 0..N-1; got {support_y.dtype} "
-                         f"{_preview(support_y)}")
+                         f"{preview(support_y)}")
     if int(support_y.min()) < 0:
-        raise ValueError(f"support_y must be labels 0..N-1; got {_preview(support_y)}")
+        raise ValueError(f"support_y must be labels 0..N-1; got {preview(support_y)}")
     y = F.one_hot(support_y, int(support_y.max()) + 1).to(z_support.dtype)  # (..., k, N)
     if not bool((y.sum(-2) > 0).all()):
         raise ValueError("every class 0..N-1 must have a support example in every task; "
-                         f"got support_y {_preview(support_y)}")
+                         f"got support_y {preview(support_y)}")
     a = cosine_attention(z_query, z_support, scale=scale)  # (..., M, k)
     y_hat = a @ y  # eq. 1: (..., M, k) @ (..., k, N) -> (..., M, N)
     return y_hat.clamp_min(torch.finfo(y_hat.dtype).tiny).log()

@@ -35,9 +35,12 @@ tasks of a meta-batch in one encoder forward, which is the fast way on any devic
 default :class:`~companion.nets.Conv4` uses batch statistics only (no running buffers), so
 during meta-training BN normalises over the whole meta-batch (supports and queries of every
 task together) and in :meth:`ProtoNet.classify` over one episode (its support and query
-together): the transductive setting of the authors' code when each update is one episode.
-(On ``glyphs``, 5-way 1-shot, 100 steps of meta-batch 4, this and one forward per episode
-both reached 74-76% +- 4% test accuracy, so we keep the single forward.)
+together). This is the transductive setting of MAML's code, chosen here for every
+meta-learner of the package so that they compare like with like; Snell et al.'s code keeps
+running statistics and uses them at test time instead. With a meta-batch of several
+episodes the statistics mix episodes, which one forward per episode would not; the recipes
+of :data:`companion.methods.REGISTRY` train on one episode per step, where the two are the
+same.
 
 References:
     Snell, Swersky & Zemel, *Prototypical Networks for Few-shot Learning*, NeurIPS 2017.
@@ -62,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from companion.checks import check_choice, check_int, check_positive, preview
 from companion.data.episodes import Episode, TaskBatch
 
 METRICS = ("sqeuclidean", "cosine")
@@ -69,36 +73,24 @@ METRICS = ("sqeuclidean", "cosine")
 
 @dataclass(frozen=True)
 class ProtoNetConfig:
-    """Hyper-parameters of Prototypical Networks; defaults are Snell et al.'s Omniglot setup.
+    """What defines a prototypical network; the defaults are the paper's.
 
-    ``metric``, ``scale`` and ``learn_scale`` define the model (:class:`ProtoNet`); the rest
-    is read by the training loop. Deviations from the paper: none by default; ``cosine``,
-    ``scale != 1`` and ``learn_scale`` are options the paper does not use.
+    Deviations from the paper: none by default; ``cosine``, ``scale != 1`` and
+    ``learn_scale`` are options the paper does not use. The training episodes (60-way,
+    5 queries per class, the test's shot on Omniglot, sec. 3.1) and the optimiser (Adam at
+    1e-3, halved every 2,000 episodes) belong to the training loop: see the ``protonet``
+    entry of :data:`companion.methods.REGISTRY`.
     """
 
-    ways: int = 60  # training episodes are 60-way on Omniglot (sec. 3.1), more than at test
-    shots: int = 1  # training shot matches the test shot (sec. 3.1); 1 or 5
-    queries: int = 5  # query points per class in a training episode (sec. 3.1)
-    test_ways: int = 5  # evaluated 5- and 20-way (Table 1)
-    test_queries: int = 15  # our choice: the paper does not state its test queries on Omniglot
-    meta_batch: int = 1  # one episode per Adam step, as in the paper
-    lr: float = 1e-3  # Adam, initial learning rate (sec. 3.1)
-    lr_step: int = 2000  # ... cut in half every 2000 episodes (sec. 3.1)
-    lr_gamma: float = 0.5
     metric: str = "sqeuclidean"  # squared Euclidean distance (sec. 2.2); or "cosine"
     scale: float = 1.0  # logits = scale * (-d) or scale * cos; 1 in the paper, ~10 for cosine
     learn_scale: bool = False  # learn the scale (TADAM's metric scaling) instead of fixing it
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(f"unknown metric {self.metric!r}; allowed: {', '.join(METRICS)}")
-        if not self.scale > 0:
-            raise ValueError(f"scale must be positive; got {self.scale!r}")
-
-
-def _preview(t: torch.Tensor, n: int = 12) -> str:
-    values = t.reshape(-1)[:n].tolist()
-    return f"{values}{' ...' if t.numel() > n else ''} (shape {tuple(t.shape)})"
+        check_choice("metric", self.metric, METRICS)
+        check_positive("scale", self.scale)
+        if not isinstance(self.learn_scale, bool):
+            raise ValueError(f"learn_scale must be a bool; got {self.learn_scale!r}")
 
 
 def class_first_shape(support_y: torch.Tensor) -> tuple[int, int]:
@@ -111,7 +103,7 @@ def class_first_shape(support_y: torch.Tensor) -> tuple[int, int]:
     """
     if support_y.ndim < 1 or support_y.dtype.is_floating_point or support_y.dtype == torch.bool:
         raise ValueError(f"support_y must be integer labels (..., N*K); got {support_y.dtype} "
-                         f"{_preview(support_y)}")
+                         f"{preview(support_y)}")
     n = support_y.shape[-1]
     ways = int(support_y.max()) + 1 if support_y.numel() else 0
     if ways >= 1 and n % ways == 0:
@@ -120,7 +112,7 @@ def class_first_shape(support_y: torch.Tensor) -> tuple[int, int]:
             return ways, n // ways
     raise ValueError(
         "support_y must be class-first labels 0..N-1, [0]*K + [1]*K + ... + [N-1]*K; "
-        f"got {_preview(support_y)}"
+        f"got {preview(support_y)}"
     )
 
 
@@ -135,8 +127,7 @@ def prototypes(z_support: torch.Tensor, ways: int) -> torch.Tensor:
         - z_support: ``(..., N*K, D)``
         - returns: ``(..., N, D)``
     """
-    if isinstance(ways, bool) or not isinstance(ways, int) or ways < 1:
-        raise ValueError(f"ways must be a positive int; got {ways!r}")
+    check_int("ways", ways)
     if z_support.ndim < 2 or z_support.shape[-2] % ways:
         raise ValueError(
             f"z_support must be (..., N*K, D) with N*K divisible by ways={ways}; "
@@ -171,8 +162,7 @@ def protonet_logits(
         - z_query: ``(..., M, D)``
         - returns: ``(..., M, N)``
     """
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+    check_choice("metric", metric, METRICS)
     if (z_support.ndim < 2 or z_support.shape[:-1] != support_y.shape
             or z_query.shape[:-2] != z_support.shape[:-2]
             or z_query.shape[-1] != z_support.shape[-1]):

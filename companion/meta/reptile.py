@@ -39,13 +39,18 @@ coefficients.
 and ``torch.optim.SGD(lr=epsilon)`` (no momentum, no weight decay) performs (1) exactly.
 Nichol et al. (Sec. 3) suggest treating :math:`\theta - \phi` as a gradient for Adam; their
 released code (openai/supervised-reptile) always interpolates, i.e. plain SGD with
-:math:`\epsilon` annealed linearly from 1 to 0. We do the same
-(:meth:`ReptileConfig.outer_step_size`); Adam on the surrogate is one optimizer away.
+:math:`\epsilon` annealed linearly from 1 to 0. We do the same; the outer loop is the
+training loop's (:class:`companion.train.TrainConfig` with ``optimizer="sgd"``, ``lr=1.0``,
+``schedule="linear"``: the preset of :mod:`companion.methods`), and Adam on the surrogate is
+one optimizer away. Their 5-way Omniglot runs take 5 tasks per meta-step (the loop's
+``meta_batch``) for 100,000 meta-steps (``steps``), on training episodes of 10 shots per
+class (the episode sampler's ``shots``).
 
 Deviations from that code: Adam's moments restart for every task (the TF code restores
 only the trainable variables between tasks, so they carry over); the inner loop sees the
-support set only (the query set serves the logs), so meta-training episodes should have
-``train_shots`` examples per class; BatchNorm is transductive, as in MAML.
+support set only (the query set serves the logs), so the training episodes' support sets
+hold the inner loop's data: more shots per class than the test episodes have, so that the
+minibatches of a task differ (see (2)); BatchNorm is transductive, as in MAML.
 
 Shape:
     - classification: support_x ``(N*K, C, H, W)``, support_y ``(N*K,)`` int64, logits
@@ -57,23 +62,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad
 
+from companion.checks import check_choice, check_int, check_positive
 from companion.data.episodes import Episode, TaskBatch
-
-Params = dict[str, torch.Tensor]
-LOSSES = ("cross_entropy", "mse")
+from companion.meta.maml import LOSSES, Params, task_loss
 
 
 @dataclass(frozen=True)
 class ReptileConfig:
     """Reptile's hyper-parameters; defaults are Nichol et al.'s 5-way Omniglot runs (the
     paper's table and the README commands of openai/supervised-reptile; later READMEs list
-    values tuned per setting)."""
+    values tuned per setting).
+
+    The outer loop's settings are the training loop's (:class:`companion.train.TrainConfig`
+    and the presets of :mod:`companion.methods`), not fields here: Nichol et al. interpolate
+    with epsilon = 1 annealed linearly to 0 (``optimizer="sgd"``, ``lr=1.0``,
+    ``schedule="linear"``) over 100,000 meta-iterations (``steps``) of 5 tasks
+    (``meta_batch``), and train on 10 shots per class (the episode sampler's shots).
+    """
 
     inner_steps: int = 5  # k: inner iterations per task in meta-training
     inner_lr: float = 1e-3  # alpha: the inner optimizer's learning rate (Adam's, in the paper)
@@ -84,35 +95,22 @@ class ReptileConfig:
     #   support set without replacement; None = the whole support set every step
     eval_inner_steps: int = 50  # inner iterations at test time (classify)
     eval_inner_batch: int | None = 5  # inner batch size at test time
-    outer_lr: float = 1.0  # epsilon: the SGD learning rate of the training loop
-    outer_lr_final: float = 0.0  # epsilon is annealed linearly to this over outer_steps
-    outer_steps: int = 100_000  # meta-iterations
-    meta_batch: int = 5  # n: tasks per meta-iteration
-    train_shots: int = 10  # support examples per class in meta-training episodes
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # "mse": regression (an
+    #   output (B, 1) is squeezed to (B,)), with float targets
 
     def __post_init__(self) -> None:
-        for name in ("inner_steps", "eval_inner_steps", "outer_steps", "meta_batch",
-                     "train_shots", "inner_batch", "eval_inner_batch"):
-            value = getattr(self, name)
-            ok = value is None and name.endswith("batch")
-            if not ok and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
-        for name in ("inner_lr", "adam_eps", "outer_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}")
-        if not self.outer_lr_final >= 0:
-            raise ValueError(f"outer_lr_final must be >= 0; got {self.outer_lr_final!r}")
-        if self.inner_optimizer not in ("adam", "sgd"):
-            raise ValueError(
-                f"inner_optimizer must be 'adam' or 'sgd'; got {self.inner_optimizer!r}"
-            )
-        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise ValueError(f"adam_betas must be two numbers in [0, 1); got {self.adam_betas}")
-
-    def outer_step_size(self, step: int) -> float:
-        """epsilon at meta-iteration ``step``: linear from ``outer_lr`` to ``outer_lr_final``."""
-        frac = min(max(step / self.outer_steps, 0.0), 1.0)
-        return (1 - frac) * self.outer_lr + frac * self.outer_lr_final
+        check_int("inner_steps", self.inner_steps)
+        check_int("eval_inner_steps", self.eval_inner_steps)
+        check_int("inner_batch", self.inner_batch, optional=True)
+        check_int("eval_inner_batch", self.eval_inner_batch, optional=True)
+        check_positive("inner_lr", self.inner_lr)
+        check_positive("adam_eps", self.adam_eps)
+        check_choice("inner_optimizer", self.inner_optimizer, ("adam", "sgd"))
+        check_choice("loss", self.loss, LOSSES)
+        betas = self.adam_betas
+        if (not isinstance(betas, tuple | list) or len(betas) != 2
+                or not all(isinstance(b, int | float) and 0 <= b < 1 for b in betas)):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1); got {betas!r}")
 
 
 def minibatch_indices(
@@ -141,28 +139,35 @@ class Reptile(nn.Module):
         net: e.g. ``nn.Sequential(Conv4(), linear_head(64, 5))`` or
             ``MLP(1, (40, 40), out_features=1)``. Its trainable parameters are theta;
             frozen ones (``requires_grad=False``) and buffers are used as they are.
-        config: hyper-parameters (:class:`ReptileConfig`).
-        loss: ``"cross_entropy"`` (classification, int64 labels) or ``"mse"``
-            (regression, float targets; an output ``(B, 1)`` is squeezed to ``(B,)``).
-        seed, generator: randomness of the inner minibatches (``generator`` wins).
+        config: hyper-parameters (default :class:`ReptileConfig()`); ``config.loss``
+            chooses classification (int64 labels) or regression (float targets).
+        seed, generator: randomness of the inner minibatches (``generator`` wins; the
+            default is seed 0). :meth:`generators` returns it for the training loop's
+            checkpoints.
     """
 
     def __init__(
         self,
         net: nn.Module,
-        config: ReptileConfig = ReptileConfig(),
+        config: ReptileConfig | None = None,
         *,
-        loss: str = "cross_entropy",
         seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}; got {loss!r}")
-        self.net, self.config, self.loss = net, config, loss
+        config = ReptileConfig() if config is None else config
+        if not isinstance(config, ReptileConfig):
+            raise TypeError(f"config must be a ReptileConfig; got {type(config).__name__}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator; got {type(generator).__name__}")
+        self.net, self.config = net, config
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
         self.generator = generator
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """The random stream of the inner minibatches, by name (saved in checkpoints)."""
+        return {"minibatches": self.generator}
 
     def params(self) -> Params:
         """theta: the trainable parameters of ``net`` by name (the live tensors)."""
@@ -173,13 +178,13 @@ class Reptile(nn.Module):
         fixed = {k: p for k, p in self.net.named_parameters() if not p.requires_grad}
         fixed |= dict(self.net.named_buffers())
         out = functional_call(self.net, (params, fixed), (x,))
-        if self.loss == "mse" and out.ndim == 2 and out.shape[1] == 1:
+        if self.config.loss == "mse" and out.ndim == 2 and out.shape[1] == 1:
             out = out[:, 0]  # (B, 1) -> (B,)
         return out
 
     def criterion(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy (classification) or squared error (regression)."""
-        return F.mse_loss(out, y) if self.loss == "mse" else F.cross_entropy(out, y)
+        return task_loss(out, y, self.config.loss)
 
     def task_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The task's loss of ``net`` with ``params``: ``criterion(predict(params, x), y)``."""
@@ -188,30 +193,30 @@ class Reptile(nn.Module):
     def adapt(
         self,
         params: Params,
-        x: torch.Tensor,
-        y: torch.Tensor,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
         *,
-        test: bool = False,
         steps: int | None = None,
+        test: bool = False,
     ) -> Params:
-        """phi = U^k(theta): ``k`` inner SGD/Adam steps on ``(x, y)`` from ``params``.
+        """phi = U^k(theta): ``k`` inner SGD/Adam steps on the support set from ``params``.
 
         Args:
             params: the starting point (detached here: Reptile is first-order).
-            x, y: the task's training data (the support set).
-            test: use the test-time ``eval_inner_steps``/``eval_inner_batch`` instead of
-                ``inner_steps``/``inner_batch``.
+            support_x, support_y: the task's training data.
             steps: override ``k`` (``0`` returns ``params``, detached).
+            test: the test-time settings, ``eval_inner_steps``/``eval_inner_batch``
+                instead of ``inner_steps``/``inner_batch``.
 
         Returns:
             a new dict of detached tensors.
         """
         cfg = self.config
+        x, y = support_x, support_y
         batch = cfg.eval_inner_batch if test else cfg.inner_batch
         if steps is None:
             steps = cfg.eval_inner_steps if test else cfg.inner_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"steps must be an int >= 0; got {steps!r}")
+        check_int("steps", steps, minimum=0)
         self._check_targets(y)
         idx = minibatch_indices(len(y), batch, steps, self.generator).to(y.device)
         grad_fn = grad(self.task_loss)  # (params, x, y) -> dict of gradients
@@ -248,7 +253,7 @@ class Reptile(nn.Module):
             with torch.no_grad():
                 out = self.predict(phi, episode.query_x)
                 losses.append(self.criterion(out, episode.query_y))
-                if self.loss == "cross_entropy":
+                if self.config.loss == "cross_entropy":
                     accs.append((out.argmax(-1) == episode.query_y).float().mean())
         phi_bar = {k: torch.stack([p[k] for p in phis]).mean(0) for k in theta}  # mean_i phi_i
         surrogate = 0.5 * sum((theta[k] - phi_bar[k]).square().sum() for k in theta)  # (3)
@@ -269,6 +274,7 @@ class Reptile(nn.Module):
             return self.predict(phi, episode.query_x).detach()
 
     def _check_targets(self, y: torch.Tensor) -> None:
-        if (self.loss == "mse") != y.is_floating_point():
-            want = "float targets" if self.loss == "mse" else "int64 class labels"
-            raise TypeError(f"loss={self.loss!r} needs {want}; got y of dtype {y.dtype}")
+        loss = self.config.loss
+        if (loss == "mse") != y.is_floating_point():
+            want = "float targets" if loss == "mse" else "int64 class labels"
+            raise TypeError(f"loss={loss!r} needs {want}; got y of dtype {y.dtype}")

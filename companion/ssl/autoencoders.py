@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from companion.checks import check_choice, check_int
+
 RECONSTRUCTIONS = ("bce", "mse")
 NOISES = ("mask", "gaussian")
 
@@ -52,7 +54,7 @@ class AutoencoderConfig:
     reconstruction: str = "bce"  # cross-entropy for [0, 1] inputs (Vincent et al., sec. 2.2)
 
     def __post_init__(self) -> None:
-        _check_choice(self.reconstruction, RECONSTRUCTIONS, "reconstruction")
+        check_choice("reconstruction", self.reconstruction, RECONSTRUCTIONS)
 
 
 @dataclass(frozen=True)
@@ -64,23 +66,11 @@ class DenoisingConfig:
     level: float = 0.25  # nu: fraction of pixels zeroed (paper's range 0-50%) or Gaussian std
 
     def __post_init__(self) -> None:
-        _check_choice(self.reconstruction, RECONSTRUCTIONS, "reconstruction")
-        _check_choice(self.noise, NOISES, "noise")
+        check_choice("reconstruction", self.reconstruction, RECONSTRUCTIONS)
+        check_choice("noise", self.noise, NOISES)
         if not (0 < self.level < 1 if self.noise == "mask" else self.level > 0):
             allowed = "in (0, 1) for masking noise" if self.noise == "mask" else "positive"
             raise ValueError(f"level must be {allowed}; got {self.level!r}")
-
-
-
-
-def _check_choice(value: str, allowed: tuple[str, ...], name: str) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
-
-
-def _check_width(width: object, name: str) -> None:
-    if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
-        raise ValueError(f"{name} must be a positive int; got {width!r}")
 
 
 def _size_pair(image_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -117,9 +107,9 @@ class Decoder(nn.Module):
         hidden: int = 32,
     ) -> None:
         super().__init__()
-        _check_width(in_features, "in_features")
-        _check_width(out_channels, "out_channels")
-        _check_width(hidden, "hidden")
+        check_int("in_features", in_features)
+        check_int("out_channels", out_channels)
+        check_int("hidden", hidden)
         h, w = _size_pair(image_size)
         self.in_features = in_features
         self.image_shape = (out_channels, h, w)
@@ -149,7 +139,7 @@ def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, kind: str = "bce"
         - logits, x: ``(B, C, H, W)``, ``x`` in ``[0, 1]``
         - returns: ``(B,)``, summed over the pixels of each image
     """
-    _check_choice(kind, RECONSTRUCTIONS, "reconstruction")
+    check_choice("reconstruction", kind, RECONSTRUCTIONS)
     if logits.shape != x.shape:
         raise ValueError(
             f"decoder output {tuple(logits.shape)} must match the images {tuple(x.shape)}"
@@ -161,26 +151,52 @@ def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, kind: str = "bce"
     return per_pixel.flatten(1).sum(1)
 
 
-def corrupt(x: torch.Tensor, noise: str, level: float, generator: torch.Generator) -> torch.Tensor:
-    """Draw ``x_tilde ~ q_D(x_tilde | x)``: masking noise zeroes ``round(level * d)`` pixels
-    chosen at random in each image (Vincent et al., sec. 2.3); Gaussian noise adds
-    ``level * eps``. The noise comes from ``generator`` (on any device) and is moved to ``x``.
+def draw_corruption(x: torch.Tensor, noise: str, generator: torch.Generator) -> torch.Tensor:
+    """The random numbers of one corruption of ``x``, drawn from ``generator``.
+
+    Uniform scores in ``[0, 1)`` for masking noise (the pixels with the highest scores are
+    zeroed), standard normal values for Gaussian noise. Drawn on ``generator``'s device and
+    moved to ``x``'s, so a seed gives the same corruption on any device.
 
     Shape:
         - x: ``(B, C, H, W)``; returns: same shape
     """
-    _check_choice(noise, NOISES, "noise")
+    check_choice("noise", noise, NOISES)
+    return _draw(torch.rand if noise == "mask" else torch.randn, x.shape, generator, x)
+
+
+def corrupt_with(x: torch.Tensor, u: torch.Tensor, noise: str, level: float) -> torch.Tensor:
+    """``x_tilde`` from ``x`` and the random numbers ``u`` of :func:`draw_corruption`.
+
+    Masking noise zeroes the ``round(level * d)`` pixels of each image with the highest
+    scores ``u``, so a fixed number, chosen uniformly at random (Vincent et al., sec. 2.3);
+    Gaussian noise adds ``level * u``. A pure function: safe under ``torch.func.vmap``.
+
+    Shape:
+        - x, u: ``(B, C, H, W)``; returns: same shape
+    """
+    check_choice("noise", noise, NOISES)
     if not (0 <= level <= 1 if noise == "mask" else level >= 0):
         raise ValueError(
             f"level must be in [0, 1] for masking noise, >= 0 for Gaussian; got {level!r}"
         )
+    if u.shape != x.shape:
+        raise ValueError(f"u must have the shape of x {tuple(x.shape)}; got {tuple(u.shape)}")
     if noise == "gaussian":
-        return x + level * _draw(torch.randn, x.shape, generator, x)
+        return x + level * u
     flat = x.flatten(1)  # (B, d)
     destroyed = round(level * flat.shape[1])
-    scores = _draw(torch.rand, flat.shape, generator, x)
-    keep = torch.ones_like(flat).scatter(1, scores.topk(destroyed, dim=1).indices, 0.0)
+    keep = torch.ones_like(flat).scatter(1, u.flatten(1).topk(destroyed, dim=1).indices, 0.0)
     return (flat * keep).view_as(x)
+
+
+def corrupt(x: torch.Tensor, noise: str, level: float, generator: torch.Generator) -> torch.Tensor:
+    """Draw ``x_tilde ~ q_D(x_tilde | x)``: :func:`corrupt_with` of :func:`draw_corruption`.
+
+    Shape:
+        - x: ``(B, C, H, W)``; returns: same shape
+    """
+    return corrupt_with(x, draw_corruption(x, noise, generator), noise, level)
 
 
 def _draw(
@@ -218,13 +234,24 @@ class Autoencoder(nn.Module):
         """``x_hat = sigmoid(decoder(encoder(x)))``, shape ``(B, C, H, W)``."""
         return torch.sigmoid(self.decoder(self.encoder(x)))
 
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Reconstruction loss per image, averaged over the batch."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Reconstruction loss per image, averaged over the batch.
+
+        A pure function of the parameters and the inputs, safe under
+        ``torch.func.functional_call`` and ``vmap``.
+
+        Shape:
+            - x: ``(B, C, H, W)``; returns: a scalar and ``{"loss"}``, a detached 0-dim tensor
+        """
         logits = self.decoder(self.encoder(x))  # (B, C, H, W)
         loss = reconstruction_loss(logits, x, self.config.reconstruction).mean()
-        return loss, {"loss": float(loss.detach())}
+        return loss, {"loss": loss.detach()}
 
-    def after_step(self) -> None:
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss, :meth:`forward` (nothing is drawn or recorded)."""
+        return self(x)
+
+    def after_step(self, step: int, total_steps: int) -> None:
         """Nothing to update after an optimiser step (no EMA state)."""
 
 
@@ -255,12 +282,35 @@ class DenoisingAutoencoder(nn.Module):
         self.encoder, self.decoder, self.config = encoder, decoder, config
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
 
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """``L(x, g(f(x_tilde)))`` per image, averaged over the batch; draws a fresh ``x_tilde``."""
-        x_tilde = corrupt(x, self.config.noise, self.config.level, self.generator)
+    def forward(
+        self, x: torch.Tensor, u: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``L(x, g(f(x_tilde)))`` per image, averaged, for the corruption drawn as ``u``.
+
+        The pure path: the caller draws ``u`` (:func:`draw_corruption`), so this is a
+        function of the parameters and the inputs, safe under ``torch.func.functional_call``
+        and ``vmap`` (give each batch of the vmapped axis its own ``u``).
+
+        Shape:
+            - x, u: ``(B, C, H, W)``; returns: a scalar and ``{"loss"}``, a detached 0-dim
+              tensor
+        """
+        x_tilde = corrupt_with(x, u, self.config.noise, self.config.level)
         logits = self.decoder(self.encoder(x_tilde))  # (B, C, H, W)
         loss = reconstruction_loss(logits, x, self.config.reconstruction).mean()  # clean target
-        return loss, {"loss": float(loss.detach())}
+        return loss, {"loss": loss.detach()}
 
-    def after_step(self) -> None:
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`forward` with a fresh corruption drawn from :attr:`generator`.
+
+        Shape:
+            - x: ``(B, C, H, W)`` in ``[0, 1]``; returns: a scalar and ``{"loss"}``
+        """
+        return self(x, draw_corruption(x, self.config.noise, self.generator))
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """The random stream of the corruptions, by name (saved in checkpoints)."""
+        return {"noise": self.generator}
+
+    def after_step(self, step: int, total_steps: int) -> None:
         """Nothing to update after an optimiser step (no EMA state)."""

@@ -40,7 +40,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from companion.ssl.simclr import _check_views, projection_head
+from companion.ssl.simclr import check_views, projection_head
+
+
+def _check_non_negative(**values: float) -> None:
+    """``ValueError`` naming the first of ``values`` that is not a real number ``>= 0``."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise ValueError(f"{name} must be a non-negative number; got {value!r}")
 
 
 def standardise(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -79,10 +86,8 @@ def barlow_twins_loss(
     """
     if z1.ndim != 2 or z1.shape[0] < 2:
         raise ValueError(f"z1 and z2 must be (N, D) with N >= 2; got {tuple(z1.shape)}")
-    _check_views(z1, z2, "z1 and z2")
-    for value, name in ((lambd, "lambd"), (eps, "eps")):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-            raise ValueError(f"{name} must be a non-negative number; got {value!r}")
+    check_views(z1, z2, "z1 and z2")
+    _check_non_negative(lambd=lambd, eps=eps)
     c = cross_correlation(z1, z2, eps)  # (D, D)
     on_diag = (1 - torch.diagonal(c)).pow(2).sum()
     off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
@@ -98,10 +103,7 @@ class BarlowTwinsConfig:
     eps: float = 1e-5  # BatchNorm1d's default in the authors' code
 
     def __post_init__(self) -> None:
-        if not self.lambd >= 0 or not self.eps >= 0:
-            raise ValueError(
-                f"lambd and eps must be non-negative; got {self.lambd!r} and {self.eps!r}"
-            )
+        _check_non_negative(lambd=self.lambd, eps=self.eps)
 
 
 class BarlowTwins(nn.Module):
@@ -127,18 +129,29 @@ class BarlowTwins(nn.Module):
         self.encoder = encoder
         self.projector = projection_head(feature_dim, config.proj_dim, config.proj_dim, layers=3)
 
-    def loss(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, x1: torch.Tensor, x2: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Eq. 1 on the projections of two views.
+
+        A pure function of the parameters and the inputs, safe under
+        ``torch.func.functional_call`` and ``vmap``.
 
         Shape:
             - x1, x2: ``(B, C, H, W)``, two augmentations of the same ``B`` images
-            - returns: a scalar loss and ``{"loss"}``
+            - returns: a scalar loss and ``{"loss"}``, a detached 0-dim tensor
         """
-        _check_views(x1, x2)
+        check_views(x1, x2)
         z1 = self.projector(self.encoder(x1))  # (B, proj_dim)
         z2 = self.projector(self.encoder(x2))
         loss = barlow_twins_loss(z1, z2, lambd=self.config.lambd, eps=self.config.eps)
-        return loss, {"loss": float(loss.detach())}
+        return loss, {"loss": loss.detach()}
 
-    def after_step(self) -> None:
+    def loss(
+        self, x1: torch.Tensor, x2: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss, :meth:`forward` (Barlow Twins draws nothing, records nothing)."""
+        return self(x1, x2)
+
+    def after_step(self, step: int, total_steps: int) -> None:
         """Nothing to update after the optimiser step (Barlow Twins keeps no extra state)."""

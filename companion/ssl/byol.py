@@ -7,10 +7,16 @@ the trivial solution, a constant output, is an asymmetry: the target side gets n
 **BYOL.** The target is a separate network whose parameters :math:`\xi` are an exponential
 moving average of the online parameters :math:`\theta` (eq. 1,
 :func:`~companion.ssl.moco.ema_update`): :math:`\xi \leftarrow \tau \xi + (1 - \tau)
-\theta`, with :math:`\tau` from 0.996 to 1 on a cosine schedule (sec. 3.2,
-:func:`byol_momentum`). With the online
-prediction :math:`p` (the paper's :math:`q_\theta(z_\theta)`) and the target projection
-:math:`z` of the other view, the loss is the squared distance of the unit vectors (eq. 2),
+\theta`. The decay rises from :math:`\tau_{\text{base}} = 0.996` to 1 on a cosine schedule
+over the :math:`K` steps of the run (sec. 3.2, :func:`byol_momentum`),
+
+.. math:: \tau_k = 1 - (1 - \tau_{\text{base}}) \left(\cos(\pi k / K) + 1\right) / 2,
+
+which :meth:`BYOL.after_step` applies after optimiser step ``k + 1``, as the training loop
+tells it the step and ``K`` (``BYOLConfig(momentum_schedule="constant")`` keeps
+:math:`\tau_{\text{base}}` throughout). With the online prediction :math:`p` (the paper's
+:math:`q_\theta(z_\theta)`) and the target projection :math:`z` of the other view, the loss
+is the squared distance of the unit vectors (eq. 2),
 
 .. math:: \mathcal{L} = \lVert \bar p - \bar z \rVert_2^2
     = 2 - 2 \frac{\langle p, z \rangle}{\lVert p \rVert_2 \lVert z \rVert_2}, \tag{2}
@@ -25,15 +31,20 @@ behind a **stop-gradient** (Algorithm 1). With :math:`D(p, z) = -\cos(p, z)`,
     + \tfrac12 D(p_2, \operatorname{stopgrad}(z_1)).
 
 Without the stop-gradient the network collapses within a few epochs (sec. 4.1, Fig. 2).
-The paper's monitor is the standard deviation over the batch of the L2-normalised
-:math:`z / \lVert z \rVert`, averaged over dimensions (:func:`output_std`): near 0 for a
-collapsed output, about :math:`1/\sqrt{d}` for unit vectors spread over :math:`d`
-dimensions. ``SimSiamConfig(stop_gradient=False)`` reproduces that collapse. The batch
-norm on the projector's output (the default) keeps every dimension of :math:`z`
-standardised, so the monitor can only fall once the variance before that norm is below its
-``eps``; on small glyph runs it stayed near :math:`1/\sqrt{d}` for 200 steps, while with
-``out_norm=False`` the std fell to a sixteenth of the stop-gradient run's
-(``tests/ssl/test_contrastive.py``).
+
+**The collapse monitor.** Chen & He watch the standard deviation over the batch of the
+L2-normalised output, averaged over dimensions (sec. 4.1, :func:`output_std`): 0 when
+every image gives the same direction, about :math:`1/\sqrt{d}` when the unit vectors are
+spread over :math:`d` dimensions (for a zero-mean isotropic Gaussian output, as the paper
+notes). The paper reads it on the projection :math:`z`; we read it on the **prediction**
+:math:`p` (a deviation). The projector ends with a batch norm without affine parameters
+(the paper's default, ``SimSiamConfig.out_norm``), which standardises every dimension of
+:math:`z` over the batch: the std of :math:`z / \lVert z \rVert` then stays near
+:math:`1/\sqrt{d}` until the variance before that norm falls below its ``eps``, so it
+shows a collapse only once it is complete. No norm layer holds :math:`p` up, and where the
+loss is met :math:`p` points where :math:`z` does, so the same two reference values apply.
+``SimSiamConfig(stop_gradient=False, out_norm=False)`` collapses quickly enough to watch
+(``tests/ssl/test_contrastive.py``; chapter 5 plots it).
 
 The detach is part of both losses' contract: :func:`byol_loss` and :func:`simsiam_loss`
 pass no gradient to ``z`` (unless ``simsiam_loss(..., stop_gradient=False)``).
@@ -61,15 +72,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from companion.ssl.moco import ema_update
-from companion.ssl.simclr import _check_views, projection_head
+from companion.checks import check_choice, check_int
+from companion.ssl.moco import check_momentum, ema_update
+from companion.ssl.simclr import check_views, projection_head
 
 
 def _check_pairs(*pairs: tuple[str, torch.Tensor, torch.Tensor]) -> None:
     for names, a, b in pairs:
         if a.ndim != 2:
             raise ValueError(f"{names} must be (N, D); got {tuple(a.shape)}")
-        _check_views(a, b, names)
+        check_views(a, b, names)
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -114,47 +126,56 @@ def simsiam_loss(
     return d12 / 2 + d21 / 2
 
 
-def output_std(z: torch.Tensor) -> torch.Tensor:
-    """Collapse monitor (SimSiam sec. 4.1): std over the batch of ``z/||z||``, mean over dims.
+def output_std(p: torch.Tensor) -> torch.Tensor:
+    """Collapse monitor (Chen & He, sec. 4.1): std over the batch of ``p/||p||``, mean over dims.
 
-    Uses the unbiased std. About ``1/sqrt(D)`` for well-spread outputs, 0 for a constant.
+    The methods below pass the prediction ``p`` (see the module docstring for why not
+    ``z``). Uses the unbiased std; the input is detached. 0 when every row has the same
+    direction (a collapse), about ``1/sqrt(D)`` for rows drawn from a zero-mean isotropic
+    Gaussian.
 
     Shape:
-        - z: ``(N, D)`` with ``N >= 2``; returns: a scalar
+        - p: ``(N, D)`` with ``N >= 2``; returns: a scalar
     """
-    if z.ndim != 2 or z.shape[0] < 2:
-        raise ValueError(f"z must be (N, D) with N >= 2; got {tuple(z.shape)}")
-    return F.normalize(z.detach(), dim=1).std(dim=0).mean()
+    if p.ndim != 2 or p.shape[0] < 2:
+        raise ValueError(f"p must be (N, D) with N >= 2; got {tuple(p.shape)}")
+    return F.normalize(p.detach(), dim=1).std(dim=0).mean()
 
 
 def byol_momentum(step: int, total_steps: int, base: float = 0.996) -> float:
-    """BYOL's target decay ``tau = 1 - (1 - base) (cos(pi k / K) + 1) / 2`` (sec. 3.2).
+    """BYOL's target decay ``tau_k = 1 - (1 - base) (cos(pi k / K) + 1) / 2`` (sec. 3.2).
 
-    Goes from ``base`` at step 0 to 1 at step ``total_steps``; pass it to
-    :meth:`BYOL.after_step`.
+    Goes from ``base`` at ``k = 0`` to 1 at ``k = K``. :meth:`BYOL.after_step` uses it with
+    ``k`` the number of steps done before the current one.
+
+    Args:
+        step: ``k``, from 0 to ``total_steps``.
+        total_steps: ``K``, the run's number of optimiser steps.
+        base: ``tau_base``, in ``[0, 1]``.
     """
-    if not 0 <= step <= total_steps or total_steps < 1:
-        raise ValueError(
-            f"need 0 <= step <= total_steps and total_steps >= 1; got step={step}, "
-            f"total_steps={total_steps}"
-        )
+    check_int("step", step, minimum=0)
+    check_int("total_steps", total_steps)
+    check_momentum(base)
+    if step > total_steps:
+        raise ValueError(f"need step <= total_steps; got step={step}, total_steps={total_steps}")
     return 1 - (1 - base) * (math.cos(math.pi * step / total_steps) + 1) / 2
+
+
+MOMENTUM_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
 class BYOLConfig:
-    """Hyper-parameters of BYOL; defaults are the paper's (sec. 3.2).
+    """Hyper-parameters of BYOL; defaults are the paper's (sec. 3.2)."""
 
-    Deviation: ``momentum`` is fixed unless the loop passes :func:`byol_momentum` values.
-    """
-
-    momentum: float = 0.996  # tau_base; the paper raises it to 1 with a cosine schedule
+    momentum: float = 0.996  # tau_base, the target's EMA decay at the first step
+    momentum_schedule: str = "cosine"  # tau_base to 1 (sec. 3.2); "constant": tau_base always
     hidden_dim: int = 4096  # hidden width of the projector and of the predictor
     out_dim: int = 256  # output of the projector and of the predictor
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1]; got {self.momentum!r}")
+        check_momentum(self.momentum)
+        check_choice("momentum_schedule", self.momentum_schedule, MOMENTUM_SCHEDULES)
 
 
 class BYOL(nn.Module):
@@ -164,6 +185,14 @@ class BYOL(nn.Module):
         encoder: the online encoder, images ``(B, C, H, W)`` -> ``(B, feature_dim)``.
         feature_dim: the encoder's output dimension ``D``.
         config: the method's hyper-parameters (:class:`BYOLConfig`).
+
+    Example:
+        >>> model = BYOL(nn.Flatten(), 4, BYOLConfig(hidden_dim=8, out_dim=2))
+        >>> loss, logs = model.loss(torch.rand(4, 1, 2, 2), torch.rand(4, 1, 2, 2))
+        >>> loss.backward()  # then optimizer.step(), then, after step 1 of 100:
+        >>> model.momentum_at(1, 100)  # tau_0 of sec. 3.2: the first update uses tau_base
+        0.996
+        >>> model.after_step(1, 100)  # eq. 1 with that tau
     """
 
     views = 2  # loss(x1, x2): two augmented views of each image
@@ -181,14 +210,20 @@ class BYOL(nn.Module):
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)  # xi: eq. 1 only
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
 
-    def loss(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, x1: torch.Tensor, x2: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``L + L~``: each view's prediction against the other view's target projection.
+
+        A pure function of the parameters (online and target) and the inputs, safe under
+        ``torch.func.functional_call`` and ``vmap``.
 
         Shape:
             - x1, x2: ``(B, C, H, W)``, two augmentations of the same ``B`` images
-            - returns: a scalar loss in ``[0, 8]`` and ``{"loss", "output_std"}`` floats
+            - returns: a scalar loss in ``[0, 8]`` and ``{"loss", "output_std"}``, detached
+              0-dim tensors (``output_std`` of the predictions ``p1``)
         """
-        _check_views(x1, x2)
+        check_views(x1, x2)
         z1 = self.projector(self.encoder(x1))  # (B, out_dim), online
         z2 = self.projector(self.encoder(x2))
         p1, p2 = self.predictor(z1), self.predictor(z2)
@@ -196,11 +231,35 @@ class BYOL(nn.Module):
             t1 = self.target_projector(self.target_encoder(x1))  # z'_xi of view 1
             t2 = self.target_projector(self.target_encoder(x2))
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)
-        return loss, {"loss": float(loss.detach()), "output_std": float(output_std(z1))}
+        return loss, {"loss": loss.detach(), "output_std": output_std(p1)}
 
-    def after_step(self, momentum: float | None = None) -> None:
-        """Eq. 1 after ``optimizer.step()``, with ``config.momentum`` or the given ``tau``."""
-        tau = self.config.momentum if momentum is None else momentum
+    def loss(
+        self, x1: torch.Tensor, x2: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss, :meth:`forward` (BYOL draws nothing and records nothing)."""
+        return self(x1, x2)
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        """``tau`` for the update after optimiser step ``step`` (1 to ``total_steps``).
+
+        ``config.momentum`` if the schedule is ``"constant"``; else :func:`byol_momentum`
+        at ``k = step - 1``, the steps done before this one, as in the authors' code (the
+        decay of the update that follows step ``k + 1``): the first update uses
+        ``tau_base``.
+        """
+        check_int("step", step)
+        check_int("total_steps", total_steps)
+        if step > total_steps:
+            raise ValueError(
+                f"need step <= total_steps; got step={step}, total_steps={total_steps}"
+            )
+        if self.config.momentum_schedule == "constant":
+            return self.config.momentum
+        return byol_momentum(step - 1, total_steps, self.config.momentum)
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Eq. 1 after optimiser step ``step`` of ``total_steps``, with :meth:`momentum_at`."""
+        tau = self.momentum_at(step, total_steps)
         ema_update(self.target_encoder, self.encoder, tau)
         ema_update(self.target_projector, self.projector, tau)
 
@@ -215,8 +274,9 @@ class SimSiamConfig:
     stop_gradient: bool = True  # False is the collapse ablation of sec. 4.1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.stop_gradient, bool):
-            raise TypeError(f"stop_gradient must be a bool; got {self.stop_gradient!r}")
+        for name in ("out_norm", "stop_gradient"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool; got {getattr(self, name)!r}")
 
 
 class SimSiam(nn.Module):
@@ -245,19 +305,31 @@ class SimSiam(nn.Module):
         )
         self.predictor = projection_head(config.proj_dim, config.pred_hidden, config.proj_dim)
 
-    def loss(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, x1: torch.Tensor, x2: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Algorithm 1: the symmetric negative cosine with stop-gradient on ``z``.
+
+        A pure function of the parameters and the inputs, safe under
+        ``torch.func.functional_call`` and ``vmap``.
 
         Shape:
             - x1, x2: ``(B, C, H, W)``, two augmentations of the same ``B`` images
-            - returns: a scalar loss in ``[-1, 1]`` and ``{"loss", "output_std"}`` floats
+            - returns: a scalar loss in ``[-1, 1]`` and ``{"loss", "output_std"}``,
+              detached 0-dim tensors (``output_std`` of the predictions ``p1``)
         """
-        _check_views(x1, x2)
+        check_views(x1, x2)
         z1 = self.projector(self.encoder(x1))  # (B, proj_dim)
         z2 = self.projector(self.encoder(x2))
         p1, p2 = self.predictor(z1), self.predictor(z2)
         loss = simsiam_loss(p1, p2, z1, z2, stop_gradient=self.config.stop_gradient)
-        return loss, {"loss": float(loss.detach()), "output_std": float(output_std(z1))}
+        return loss, {"loss": loss.detach(), "output_std": output_std(p1)}
 
-    def after_step(self) -> None:
+    def loss(
+        self, x1: torch.Tensor, x2: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss, :meth:`forward` (SimSiam draws nothing and records nothing)."""
+        return self(x1, x2)
+
+    def after_step(self, step: int, total_steps: int) -> None:
         """Nothing to update after the optimiser step (SimSiam keeps no extra state)."""

@@ -52,6 +52,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from companion.checks import check_int, check_positive
+
 
 @dataclass(frozen=True)
 class MAEConfig:
@@ -76,9 +78,7 @@ class MAEConfig:
             "decoder_heads"
         )
         for name in ints.split():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
+            check_int(name, getattr(self, name))
         if self.image_size % self.patch:
             raise ValueError(
                 f"image_size must be divisible by patch; got image_size="
@@ -94,8 +94,7 @@ class MAEConfig:
                     f"{name}embed_dim must be a multiple of 4 (sin-cos embedding) and "
                     f"of {name}heads; got {width} and {heads}"
                 )
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be positive; got {self.mlp_ratio!r}")
+        check_positive("mlp_ratio", self.mlp_ratio)
 
 
 def _check_ratio(ratio: float, tokens: int) -> int:
@@ -162,10 +161,8 @@ def random_masking(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep a random ``round(L * (1 - ratio))`` tokens of each sample (the authors' shuffle).
 
-    Uniform noise from ``generator`` is sorted per sample; the tokens with the smallest noise
-    are kept, in that shuffled order. ``ids_restore`` is the inverse permutation: appending
-    ``L - keep`` mask tokens to the kept ones and gathering by ``ids_restore`` puts every
-    token back in place.
+    :func:`masking_from_noise` of uniform noise ``(B, L)`` drawn from ``generator`` (on
+    its device, then moved to the tokens').
 
     Shape:
         - tokens: ``(B, L, D)``
@@ -174,9 +171,32 @@ def random_masking(
     """
     if tokens.ndim != 3:
         raise ValueError(f"random_masking expects tokens (B, L, D); got {tuple(tokens.shape)}")
+    b, n, _ = tokens.shape
+    noise = torch.rand(b, n, generator=generator, device=generator.device).to(tokens.device)
+    return masking_from_noise(tokens, ratio, noise)
+
+
+def masking_from_noise(
+    tokens: torch.Tensor, ratio: float, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The masking of :func:`random_masking` for given noise: a pure function (vmap-safe).
+
+    ``noise`` is sorted per sample; the tokens with the smallest noise are kept, in that
+    shuffled order. ``ids_restore`` is the inverse permutation: appending ``L - keep`` mask
+    tokens to the kept ones and gathering by ``ids_restore`` puts every token back in place.
+
+    Shape:
+        - tokens: ``(B, L, D)``; noise: ``(B, L)``, e.g. uniform in ``[0, 1)``
+        - returns: ``kept (B, keep, D)``, ``mask (B, L)`` (1 = masked, in ``tokens``'s
+          dtype), ``ids_restore (B, L)`` int64
+    """
+    if tokens.ndim != 3 or noise.shape != tokens.shape[:2]:
+        raise ValueError(
+            f"expected tokens (B, L, D) and noise (B, L); got {tuple(tokens.shape)} and "
+            f"{tuple(noise.shape)}"
+        )
     b, n, d = tokens.shape
     keep = _check_ratio(ratio, n)
-    noise = torch.rand(b, n, generator=generator, device=generator.device).to(tokens.device)
     ids_shuffle = noise.argsort(dim=1)  # ascending: the first `keep` are kept
     ids_restore = ids_shuffle.argsort(dim=1)
     kept = tokens.gather(1, ids_shuffle[:, :keep, None].expand(-1, -1, d))  # (B, keep, D)
@@ -326,14 +346,46 @@ class MAE(nn.Module):
         h = self.decoder_norm(self.decoder_blocks(h + self.decoder_pos_embed))
         return self.decoder_pred(h)
 
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """MSE on the masked patches of a fresh random mask (:func:`mae_loss`)."""
+    def forward(
+        self, x: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """MSE on the masked patches of the mask that ``noise`` picks (:func:`mae_loss`).
+
+        The pure path: the caller draws ``noise`` (:meth:`draw_noise`), so this is a
+        function of the parameters and the inputs, safe under ``torch.func.functional_call``
+        and ``vmap`` (give each batch of the vmapped axis its own ``noise``). Under ``vmap``
+        PyTorch may run the attention kernel batch by batch, with a warning that it has no
+        batching rule for it; the values are the same.
+
+        Shape:
+            - x: ``(B, C, H, W)``; noise: ``(B, L)``
+            - returns: a scalar and ``{"loss"}``, a detached 0-dim tensor
+        """
         tokens = self.encoder.embed(x)  # (B, L, width), position added before masking
-        kept, mask, ids_restore = random_masking(tokens, self.config.mask_ratio, self.generator)
+        kept, mask, ids_restore = masking_from_noise(tokens, self.config.mask_ratio, noise)
         pred = self.decode(self.encoder.transform(kept), ids_restore)  # (B, L, p*p*C)
         target = patchify(x, self.config.patch)
         loss = mae_loss(pred, target, mask, self.config.norm_pix_loss)
-        return loss, {"loss": float(loss.detach())}
+        return loss, {"loss": loss.detach()}
 
-    def after_step(self) -> None:
+    def draw_noise(self, x: torch.Tensor) -> torch.Tensor:
+        """Uniform noise ``(B, L)`` from :attr:`generator` (on its device), on ``x``'s device."""
+        tokens = (self.config.image_size // self.config.patch) ** 2  # L
+        return torch.rand(
+            x.shape[0], tokens, generator=self.generator, device=self.generator.device
+        ).to(x.device)
+
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`forward` with a fresh random mask drawn from :attr:`generator`.
+
+        Shape:
+            - x: ``(B, C, H, W)``; returns: a scalar and ``{"loss"}``
+        """
+        return self(x, self.draw_noise(x))
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """The random stream of the masks, by name (saved in checkpoints)."""
+        return {"mask": self.generator}
+
+    def after_step(self, step: int, total_steps: int) -> None:
         """Nothing to update after an optimiser step (no EMA state)."""

@@ -64,7 +64,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from companion.ssl.simclr import _check_temperature, _check_views, projection_head
+from companion.checks import check_int
+from companion.ssl.simclr import check_temperature, check_views, projection_head
 
 
 def infonce_with_queue(
@@ -85,13 +86,13 @@ def infonce_with_queue(
         - q, k: ``(N, C)``; queue: ``(K, C)``
         - returns: a scalar, the mean of eq. 1 over the ``N`` queries
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     if q.ndim != 2 or queue.ndim != 2 or queue.shape[1] != q.shape[1]:
         raise ValueError(
             f"expected q (N, C), k (N, C) and queue (K, C); got {tuple(q.shape)}, "
             f"{tuple(k.shape)} and {tuple(queue.shape)}"
         )
-    _check_views(q, k, "q and k")
+    check_views(q, k, "q and k")
     q = F.normalize(q, dim=1)
     k = F.normalize(k.detach(), dim=1)
     queue = F.normalize(queue.detach(), dim=1)
@@ -125,9 +126,8 @@ class FeatureQueue(nn.Module):
 
     def __init__(self, dim: int, size: int, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        for value, name in ((dim, "dim"), (size, "size")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
+        check_int("dim", dim)
+        check_int("size", size)
         features = F.normalize(torch.randn(size, dim, generator=generator), dim=1)  # (K, C)
         self.register_buffer("features", features)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))  # next slot to write
@@ -153,6 +153,19 @@ class FeatureQueue(nn.Module):
         return f"dim={self.features.shape[1]}, size={self.features.shape[0]}"
 
 
+def check_momentum(momentum: float) -> float:
+    """``momentum`` if it is a number in ``[0, 1]`` (an EMA decay, ``m`` or ``tau``), else an error.
+
+    Raises ``TypeError`` for a non-number (``bool`` included), ``ValueError`` outside
+    ``[0, 1]``.
+    """
+    if isinstance(momentum, bool) or not isinstance(momentum, int | float):
+        raise TypeError(f"momentum must be a number in [0, 1]; got {momentum!r}")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1]; got {momentum!r}")
+    return momentum
+
+
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """Eq. 2 in place: ``target = m * target + (1 - m) * online`` for every parameter.
@@ -165,10 +178,7 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
         online: the network trained by back-propagation; not modified.
         momentum: ``m`` in ``[0, 1]``; 1 freezes the target, 0 copies the online network.
     """
-    if isinstance(momentum, bool) or not isinstance(momentum, int | float):
-        raise TypeError(f"momentum must be a number in [0, 1]; got {momentum!r}")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1]; got {momentum!r}")
+    check_momentum(momentum)
     t_params, o_params = dict(target.named_parameters()), dict(online.named_parameters())
     t_buffers, o_buffers = dict(target.named_buffers()), dict(online.named_buffers())
     if t_params.keys() != o_params.keys() or t_buffers.keys() != o_buffers.keys():
@@ -198,9 +208,8 @@ class MoCoConfig:
     symmetric: bool = False  # also contrast q(x2) with k(x1) and average; not in the papers
 
     def __post_init__(self) -> None:
-        _check_temperature(self.temperature)
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1]; got {self.momentum!r}")
+        check_temperature(self.temperature)
+        check_momentum(self.momentum)
 
 
 class MoCo(nn.Module):
@@ -218,7 +227,7 @@ class MoCo(nn.Module):
         ...              generator=torch.Generator().manual_seed(0))
         >>> loss, logs = model.loss(torch.rand(4, 1, 2, 2), torch.rand(4, 1, 2, 2))
         >>> loss.backward()  # then optimizer.step(), then:
-        >>> model.after_step()  # eq. 2, then enqueue the 4 keys
+        >>> model.after_step(1, 100)  # after step 1 of 100: eq. 2, then enqueue the 4 keys
         >>> int(model.queue.ptr)
         4
     """
@@ -249,17 +258,21 @@ class MoCo(nn.Module):
         with torch.no_grad():
             return F.normalize(self.key_projector(self.key_encoder(x)), dim=1)
 
-    def loss(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, x1: torch.Tensor, x2: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Eq. 1 for queries from ``x1`` and keys from ``x2`` (and the reverse if symmetric).
 
-        Changes neither the queue nor the key encoder; it records the keys in
-        :attr:`last_keys` for :meth:`after_step`.
+        A pure function of the parameters, the buffers (the queue) and the inputs, safe
+        under ``torch.func.functional_call`` and ``vmap``: it changes nothing and returns
+        this batch's keys, the ones :meth:`after_step` will enqueue.
 
         Shape:
             - x1, x2: ``(B, C, H, W)``, two augmentations of the same ``B`` images
-            - returns: a scalar loss and ``{"loss"}``
+            - returns: a scalar loss, ``{"loss"}`` as a detached 0-dim tensor, and the
+              keys ``(B, out_dim)`` (``(2B, out_dim)`` if symmetric)
         """
-        _check_views(x1, x2)
+        check_views(x1, x2)
         tau, queue = self.config.temperature, self.queue.features
         q1 = self.projector(self.encoder(x1))  # (B, out_dim)
         k2 = self.keys(x2)
@@ -270,13 +283,27 @@ class MoCo(nn.Module):
             k1 = self.keys(x1)
             loss = (loss + infonce_with_queue(q2, k1, queue, temperature=tau)) / 2
             keys = torch.cat([k2, k1])
-        self.last_keys = keys
-        return loss, {"loss": float(loss.detach())}
+        return loss, {"loss": loss.detach()}, keys
 
-    def after_step(self) -> None:
+    def loss(
+        self, x1: torch.Tensor, x2: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`forward`, recording its keys in :attr:`last_keys` for :meth:`after_step`.
+
+        Changes neither the queue nor the key encoder.
+
+        Shape:
+            - x1, x2: ``(B, C, H, W)``; returns: a scalar loss and ``{"loss"}``
+        """
+        loss, logs, self.last_keys = self(x1, x2)
+        return loss, logs
+
+    def after_step(self, step: int, total_steps: int) -> None:
         """Call after ``optimizer.step()``: eq. 2 on the key encoder, then enqueue the keys.
 
-        Raises ``RuntimeError`` if no :meth:`loss` was computed since the last call.
+        MoCo's momentum ``m`` is constant (He et al., sec. 3.2 and 4.1), so ``step`` and
+        ``total_steps`` (the training loop's count, see :mod:`companion.protocols`) are not
+        used. Raises ``RuntimeError`` if no :meth:`loss` was computed since the last call.
         """
         if self.last_keys is None:
             raise RuntimeError(

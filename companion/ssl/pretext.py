@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from companion.checks import check_int
+
 ROTATIONS = 4  # 0, 90, 180, 270 degrees: the paper's best choice of K (sec. 3, table 2)
 
 
@@ -49,10 +51,7 @@ class RotationConfig:
     hidden: int | None = None  # None: a linear head; else one hidden ReLU layer of this width
 
     def __post_init__(self) -> None:
-        if self.hidden is not None and (
-            isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden <= 0
-        ):
-            raise ValueError(f"hidden must be None or a positive int; got {self.hidden!r}")
+        check_int("hidden", self.hidden, optional=True)
 
 
 def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,8 +91,7 @@ class RotationPrediction(nn.Module):
         super().__init__()
         if not isinstance(config, RotationConfig):
             raise TypeError(f"config must be a RotationConfig; got {type(config).__name__}")
-        if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim <= 0:
-            raise ValueError(f"feature_dim must be a positive int; got {feature_dim!r}")
+        check_int("feature_dim", feature_dim)
         self.encoder, self.config = encoder, config
         if config.hidden is None:
             self.head: nn.Module = nn.Linear(feature_dim, ROTATIONS)
@@ -109,12 +107,24 @@ class RotationPrediction(nn.Module):
         rotated, labels = rotate_batch(x)
         return self.head(self.encoder(rotated)), labels
 
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Cross-entropy over the four rotations of every image; logs the rotation accuracy."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Cross-entropy over the four rotations of every image; logs the rotation accuracy.
+
+        A pure function of the parameters and the inputs (the rotations are fixed, not
+        drawn), safe under ``torch.func.functional_call`` and ``vmap``.
+
+        Shape:
+            - x: ``(B, C, H, H)``
+            - returns: a scalar loss and ``{"loss", "accuracy"}``, detached 0-dim tensors
+        """
         logits, labels = self.logits(x)
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(-1) == labels).float().mean()
-        return loss, {"loss": float(loss.detach()), "accuracy": float(accuracy)}
+        return loss, {"loss": loss.detach(), "accuracy": accuracy.detach()}
 
-    def after_step(self) -> None:
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss, :meth:`forward` (nothing is drawn or recorded)."""
+        return self(x)
+
+    def after_step(self, step: int, total_steps: int) -> None:
         """Nothing to update after an optimiser step (no EMA state)."""

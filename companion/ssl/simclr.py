@@ -40,17 +40,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from companion.checks import check_int, check_positive
 from companion.nets import BatchNorm, NormFactory, make_norm
 
 
-def _check_temperature(temperature: float) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-        raise TypeError(f"temperature must be a positive number; got {temperature!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive; got {temperature!r}")
+def check_temperature(temperature: float) -> float:
+    """``temperature`` if it is a positive number (the ``tau`` of eq. 1), else a ``ValueError``.
+
+    Shared by every contrastive loss of :mod:`companion.ssl` (NT-Xent here, InfoNCE in
+    :mod:`companion.ssl.moco`) and their configs.
+    """
+    return check_positive("temperature", temperature)
 
 
-def _check_views(x1: torch.Tensor, x2: torch.Tensor, name: str = "x1 and x2") -> None:
+def check_views(x1: torch.Tensor, x2: torch.Tensor, name: str = "x1 and x2") -> None:
+    """Raise a ``ValueError`` unless two views (images or embeddings) have the same shape.
+
+    Row ``n`` of one view pairs with row ``n`` of the other in every two-view loss of
+    :mod:`companion.ssl`, so the shapes must agree. Only shapes are read, which keeps the
+    check safe under ``torch.func.vmap``.
+
+    Args:
+        x1, x2: the two views.
+        name: how the message names them (``"z1 and z2"``, ``"q and k"``).
+    """
     if x1.shape != x2.shape:
         raise ValueError(
             f"{name} must have the same shape; got {tuple(x1.shape)} and {tuple(x2.shape)}"
@@ -69,10 +82,10 @@ def nt_xent_logits(
         - z1, z2: ``(N, D)``, row ``n`` of each is a view of image ``n``
         - returns: logits ``(2N, 2N)`` and targets ``(2N,)`` int64
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     if z1.ndim != 2 or z1.shape[0] < 1:
         raise ValueError(f"z1 and z2 must be (N, D) with N >= 1; got {tuple(z1.shape)}")
-    _check_views(z1, z2, "z1 and z2")
+    check_views(z1, z2, "z1 and z2")
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)  # (2N, D), unit rows: dot = cosine
     self_pair = torch.eye(2 * n, dtype=torch.bool, device=z.device)
@@ -126,14 +139,13 @@ def projection_head(
     Shape:
         - input: ``(B, in_dim)``; returns: ``(B, out_dim)``
     """
-    for value, name in (
-        (in_dim, "in_dim"),
-        (hidden, "hidden"),
-        (out_dim, "out_dim"),
-        (layers, "layers"),
+    for name, value in (
+        ("in_dim", in_dim),
+        ("hidden", hidden),
+        ("out_dim", out_dim),
+        ("layers", layers),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}")
+        check_int(name, value)
     widths = [in_dim] + [hidden] * (layers - 1)
     blocks: list[nn.Module] = []
     for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
@@ -158,7 +170,7 @@ class SimCLRConfig:
     out_dim: int = 128  # output of g (sec. 4.2: the dimension barely matters)
 
     def __post_init__(self) -> None:
-        _check_temperature(self.temperature)
+        check_temperature(self.temperature)
 
 
 class SimCLR(nn.Module):
@@ -190,23 +202,33 @@ class SimCLR(nn.Module):
         self.projector = projection_head(feature_dim, config.hidden_dim, config.out_dim)
         self.config = config
 
-    def loss(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """NT-Xent of the projections of two views of a batch.
+    def forward(
+        self, x1: torch.Tensor, x2: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """NT-Xent of the projections of two views of a batch: a pure function.
 
+        It reads the parameters and the inputs only, so it runs under
+        ``torch.func.functional_call`` and ``torch.func.vmap`` (see :mod:`companion.ssl`).
         ``accuracy`` is the fraction of the ``2N`` anchors whose most similar other view is
         their positive (1/(2N-1) by chance).
 
         Shape:
             - x1, x2: ``(B, C, H, W)``, two augmentations of the same ``B`` images
-            - returns: a scalar loss and ``{"loss", "accuracy"}`` floats
+            - returns: a scalar loss and ``{"loss", "accuracy"}``, detached 0-dim tensors
         """
-        _check_views(x1, x2)
+        check_views(x1, x2)
         z1 = self.projector(self.encoder(x1))  # (B, out_dim)
         z2 = self.projector(self.encoder(x2))
         logits, targets = nt_xent_logits(z1, z2, temperature=self.config.temperature)
         loss = F.cross_entropy(logits, targets)
         accuracy = (logits.argmax(1) == targets).float().mean()
-        return loss, {"loss": float(loss.detach()), "accuracy": float(accuracy)}
+        return loss, {"loss": loss.detach(), "accuracy": accuracy.detach()}
 
-    def after_step(self) -> None:
+    def loss(
+        self, x1: torch.Tensor, x2: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss, :meth:`forward` (SimCLR draws nothing and records nothing)."""
+        return self(x1, x2)
+
+    def after_step(self, step: int, total_steps: int) -> None:
         """Nothing to update after the optimiser step (SimCLR keeps no extra state)."""

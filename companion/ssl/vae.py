@@ -36,9 +36,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from companion.ssl.autoencoders import Decoder, _check_width, _draw, reconstruction_loss
+from companion.checks import check_int
+from companion.ssl.autoencoders import Decoder, _draw, reconstruction_loss
 
-__all__ = ["VAE", "VAEConfig", "Decoder", "elbo", "gaussian_kl", "reparameterise"]
+__all__ = ["VAE", "VAEConfig", "Decoder", "elbo", "gaussian_kl", "reparameterise", "sample_z"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class VAEConfig:
     beta: float = 1.0  # weight of the KL term; 1 is the ELBO, > 1 is a beta-VAE
 
     def __post_init__(self) -> None:
-        _check_width(self.latent_dim, "latent_dim")
+        check_int("latent_dim", self.latent_dim)
         if not self.beta >= 0:
             raise ValueError(f"beta must be >= 0; got {self.beta!r}")
 
@@ -63,6 +64,15 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(-1)  # (B, J) -> (B,)
 
 
+def sample_z(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The reparameterisation ``z = mu + sigma * eps`` (sec. 2.4) for a given ``eps``.
+
+    Shape:
+        - mu, logvar, eps: ``(B, J)``; returns: ``(B, J)``
+    """
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
 def reparameterise(
     mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
@@ -71,8 +81,7 @@ def reparameterise(
     Shape:
         - mu, logvar: ``(B, J)``; returns: ``(B, J)``
     """
-    eps = _draw(torch.randn, mu.shape, generator, mu)
-    return mu + torch.exp(0.5 * logvar) * eps
+    return sample_z(mu, logvar, _draw(torch.randn, mu.shape, generator, mu))
 
 
 def elbo(
@@ -126,7 +135,7 @@ class VAE(nn.Module):
         super().__init__()
         if not isinstance(config, VAEConfig):
             raise TypeError(f"config must be a VAEConfig; got {type(config).__name__}")
-        _check_width(feature_dim, "feature_dim")
+        check_int("feature_dim", feature_dim)
         self.encoder, self.decoder, self.config = encoder, decoder, config
         self.mu = nn.Linear(feature_dim, config.latent_dim)
         self.logvar = nn.Linear(feature_dim, config.latent_dim)
@@ -141,17 +150,50 @@ class VAE(nn.Module):
         """The Bernoulli means ``sigmoid(decoder(z))`` in ``[0, 1]``, ``(B, C, H, W)``."""
         return torch.sigmoid(self.decoder(z))
 
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Negative ELBO per image (one ``z`` each), averaged; logs ``{"loss", "recon", "kl"}``."""
+    def forward(
+        self, x: torch.Tensor, eps: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Negative ELBO per image for the sample ``z = mu + sigma * eps``, averaged.
+
+        The pure path: the caller draws ``eps ~ N(0, I)`` (:meth:`draw_eps`), so this is a
+        function of the parameters and the inputs, safe under ``torch.func.functional_call``
+        and ``vmap`` (give each batch of the vmapped axis its own ``eps``).
+
+        Shape:
+            - x: ``(B, C, H, W)`` in ``[0, 1]``; eps: ``(B, J)``
+            - returns: a scalar and ``{"loss", "recon", "kl"}``, detached 0-dim tensors
+        """
         mu, logvar = self.encode(x)
-        z = reparameterise(mu, logvar, self.generator)  # (B, J)
-        bound, log_px, kl = elbo(self.decoder(z), x, mu, logvar, self.config.beta)
+        if eps.shape != mu.shape:
+            raise ValueError(f"eps must be (B, J) = {tuple(mu.shape)}; got {tuple(eps.shape)}")
+        bound, log_px, kl = elbo(
+            self.decoder(sample_z(mu, logvar, eps)), x, mu, logvar, self.config.beta
+        )
         loss = -bound.mean()
         return loss, {
-            "loss": float(loss.detach()),
-            "recon": float(-log_px.detach().mean()),
-            "kl": float(kl.detach().mean()),
+            "loss": loss.detach(),
+            "recon": -log_px.detach().mean(),
+            "kl": kl.detach().mean(),
         }
 
-    def after_step(self) -> None:
+    def draw_eps(self, x: torch.Tensor) -> torch.Tensor:
+        """``eps ~ N(0, I)`` of shape ``(B, J)`` from :attr:`generator`, in ``x``'s dtype and
+        on its device (drawn on the generator's)."""
+        return _draw(
+            torch.randn, torch.Size((x.shape[0], self.config.latent_dim)), self.generator, x
+        )
+
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`forward` with one fresh ``eps`` per image from :attr:`generator`.
+
+        Shape:
+            - x: ``(B, C, H, W)``; returns: a scalar and ``{"loss", "recon", "kl"}``
+        """
+        return self(x, self.draw_eps(x))
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """The random stream of ``eps``, by name (saved in checkpoints)."""
+        return {"eps": self.generator}
+
+    def after_step(self, step: int, total_steps: int) -> None:
         """Nothing to update after an optimiser step (no EMA state)."""

@@ -34,7 +34,7 @@ def test_resize_keeps_range_identity_and_validates() -> None:
         out = resize_images(images, 17, method=method)
         assert out.shape == (2, 1, 17, 17) and out.min() >= 0 and out.max() <= 1
     assert resize_images(images, 40) is images
-    with pytest.raises(ValueError, match="positive number of pixels"):
+    with pytest.raises(ValueError, match="image size must be a positive int"):
         resize_images(images, 0)
     with pytest.raises(ValueError, match="allowed: bilinear, lanczos"):
         resize_images(images, 10, method="cubic")

@@ -104,12 +104,12 @@ def test_uneven_classes_are_limited_by_the_smallest() -> None:
     ("ways", "shots", "queries", "error", "message"),
     [
         (11, 1, 1, ValueError, r"only 10 classes \(ways must be 1..10\)"),
-        (0, 1, 1, ValueError, "ways must be at least 1"),
-        (5, 0, 1, ValueError, "shots must be at least 1"),
-        (5, -2, 1, ValueError, "shots must be at least 1"),
-        (5, 1, -1, ValueError, "queries must be at least 0"),
+        (0, 1, 1, ValueError, "ways must be a positive int; got 0"),
+        (5, 0, 1, ValueError, "shots must be a positive int"),
+        (5, -2, 1, ValueError, "shots must be a positive int"),
+        (5, 1, -1, ValueError, "queries must be an int >= 0; got -1"),
         (5, 5, 4, ValueError, r"shots \+ queries = 5 \+ 4 = 9 .*at most 8"),
-        (5, 1.5, 1, TypeError, "shots must be an int"),
+        (5, 1.5, 1, ValueError, "shots must be a positive int; got 1.5"),
     ],
 )
 def test_impossible_requests_raise(ways, shots, queries, error, message) -> None:

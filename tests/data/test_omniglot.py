@@ -283,5 +283,20 @@ def test_shared_rotations():
             assert torch.equal(got, expected)
 
 
-def test_splits_constant():
-    assert OMNIGLOT_SPLITS == ("train", "val", "test", "background", "evaluation")
+def test_every_split_is_what_its_name_says(shared_npz):
+    # background = train + val (disjoint), evaluation = test, and the two sets share no
+    # character. A character is known by the bytes of its first drawing (the shared cache
+    # names classes by number only).
+    def characters(split):
+        data = load_omniglot(split, root=SHARED, image_size=14, download=False)
+        return {data.images[data.class_indices(c)[0]].numpy().tobytes()
+                for c in range(data.num_classes)}
+
+    chars = {split: characters(split) for split in OMNIGLOT_SPLITS}
+    assert chars["train"] | chars["val"] == chars["background"]
+    assert not chars["train"] & chars["val"]
+    assert chars["test"] == chars["evaluation"]
+    assert not chars["background"] & chars["evaluation"]
+    with pytest.raises(ValueError) as error:  # the error lists every split
+        load_omniglot("training", root=SHARED, download=False)
+    assert all(split in str(error.value) for split in OMNIGLOT_SPLITS)

@@ -84,8 +84,8 @@ def test_sample_batch_stacks_distinct_tasks() -> None:
     [
         ({"shots": 0, "queries": 5}, ValueError),
         ({"shots": 5, "queries": -1}, ValueError),
-        ({"shots": 2.5, "queries": 5}, TypeError),
-        ({"shots": True, "queries": 5}, TypeError),
+        ({"shots": 2.5, "queries": 5}, ValueError),
+        ({"shots": True, "queries": 5}, ValueError),
         ({"shots": 5, "queries": 5, "dtype": torch.int64}, ValueError),
     ],
 )

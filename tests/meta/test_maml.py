@@ -1,6 +1,6 @@
 """Tests for companion.meta.maml against independent references: classic autograd
-(``torch.autograd.grad``, no ``torch.func``), finite differences (``gradcheck``), the
-explicit SGD formula and ProtoNet's distances."""
+(``torch.autograd.grad``, no ``torch.func`` transforms), finite differences
+(``gradcheck``), the explicit SGD formula and ProtoNet's distances."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from torch.func import functional_call
 
 from companion.data import EpisodeSampler, TaskBatch, load_dataset
 from companion.data.episodes import Episode
-from companion.meta.maml import MAML, MAMLConfig, ProtoMAML
+from companion.meta import maml as maml_module
+from companion.meta.maml import MAML, MAMLConfig, ProtoMAML, subparams
 from companion.nets import MLP, Conv4, linear_head
 
 WAYS, SHOTS, QUERIES, TASKS = 3, 2, 2, 3
@@ -55,9 +56,13 @@ def _leaves(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _meta_grad(learner, batch) -> dict[str, torch.Tensor]:
-    params = _leaves(learner.encoder if isinstance(learner, ProtoMAML) else learner.model)
+    """The meta-gradient with respect to every entry of ``learner.params()`` (zeros for
+    entries the loss does not depend on, such as an extra head under first order)."""
+    params = {k: v.detach().clone().requires_grad_() for k, v in learner.params().items()}
     loss, _ = learner.meta_loss(batch, params)
-    return dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True,
+                                materialize_grads=True)
+    return dict(zip(params, grads, strict=True))
 
 
 def _sgd(params, loss_of, lr, steps, names=None, create_graph=True):
@@ -87,7 +92,7 @@ def test_inner_steps_are_sgd(adapt, steps):
     maml = MAML(model, MAMLConfig(inner_lr=0.3, adapt=adapt))
     task = _batch((6,))[0]
     params = _leaves(model)
-    fast = maml.adapt(params, task.support_x, task.support_y, steps)
+    fast = maml.adapt(params, task.support_x, task.support_y, steps=steps)
     names = [k for k in params if adapt == "all" or k.startswith("1.")]
 
     def loss_of(p):
@@ -248,6 +253,155 @@ def test_vmap_equals_loop(norm, adapt, first_order):
     assert math.isclose(logs["vmap"]["loss"], logs["loop"]["loss"], rel_tol=1e-5)
 
 
+# ---------------------------------------------------------------- support loss, extra heads
+
+
+def _mirror_maml(adapt="all", first_order=False, strategy="loop", steps=2, lr=0.4):
+    """MAML on ``_mlp()`` whose support loss adds a self-supervised term: the body's features
+    of the support inputs and of their mirror images, told apart by an extra head."""
+    model = _mlp()
+    torch.manual_seed(1)
+    mirror = nn.Linear(5, 2).double()
+    body = model[0]
+
+    def support_loss(predict, params, x, y):
+        both = torch.cat([x, x.flip(-1)])  # (2B, 6): the inputs, then their mirror images
+        is_mirrored = torch.arange(2).repeat_interleave(len(x))  # (2B,)
+        z = functional_call(body, subparams(params, "0."), (both,))  # (2B, 5)
+        logits = functional_call(mirror, subparams(params, "heads.mirror."), (z,))  # (2B, 2)
+        return F.cross_entropy(predict(params, x), y) + 0.5 * F.cross_entropy(logits, is_mirrored)
+
+    config = MAMLConfig(inner_lr=lr, inner_steps=steps, adapt=adapt, first_order=first_order,
+                        strategy=strategy)
+    return MAML(model, config, heads={"mirror": mirror}, support_loss=support_loss)
+
+
+@pytest.mark.parametrize(
+    ("adapt", "first_order"), [("all", False), ("all", True), ("head", False), ("head", True)]
+)
+def test_support_loss_with_extra_head_matches_classic_autograd(adapt, first_order):
+    """The meta-gradient, the extra head's included, when the inner loop descends the task
+    loss plus a self-supervised term, built by hand with torch.autograd.grad."""
+    maml, batch, lr = _mirror_maml(adapt, first_order), _batch((6,)), 0.4
+    model, mirror = maml.model, maml.heads["mirror"]
+    theta = {**_leaves(model), **{f"heads.mirror.{k}": v for k, v in _leaves(mirror).items()}}
+    assert maml.params().keys() == theta.keys()
+    names = [k for k in theta if adapt == "all" or k.startswith(("1.", "heads."))]
+    expected = {k: torch.zeros_like(v) for k, v in theta.items()}
+    for task in batch:
+        x, y = task.support_x, task.support_y
+
+        def support_loss(p, x=x, y=y):
+            own = {k: v for k, v in p.items() if not k.startswith("heads.")}
+            body = {k[2:]: v for k, v in own.items() if k.startswith("0.")}
+            both = torch.cat([x, x.flip(-1)])
+            labels = torch.cat([torch.zeros_like(y), torch.ones_like(y)])
+            aux = F.linear(functional_call(model[0], body, (both,)),
+                           p["heads.mirror.weight"], p["heads.mirror.bias"])
+            task_term = F.cross_entropy(functional_call(model, own, (x,)), y)
+            return task_term + 0.5 * F.cross_entropy(aux, labels)
+
+        fast = _sgd(theta, support_loss, lr, 2, names, create_graph=not first_order)
+        own = {k: v for k, v in fast.items() if not k.startswith("heads.")}
+        query = F.cross_entropy(functional_call(model, own, (task.query_x,)), task.query_y)
+        wrt = list(fast.values()) if first_order else list(theta.values())
+        grads = torch.autograd.grad(query, wrt, allow_unused=True, materialize_grads=True)
+        for k, g in zip(theta, grads, strict=True):
+            expected[k] += g / len(batch)
+    got = _meta_grad(maml, batch)
+    _assert_dicts_close(got, expected)
+    head_grad = max(got[k].abs().max().item() for k in got if k.startswith("heads."))
+    g_plain = _meta_grad(MAML(model, maml.config), batch)  # the default support loss
+    change = max((got[k] - g_plain[k]).abs().max().item() for k in g_plain)
+    if adapt == "all" and not first_order:
+        # second order: the extra term shapes the body's inner step, so it changes the
+        # meta-gradient and the extra head is meta-learned
+        assert head_grad > 1e-4 and change > 1e-4
+    else:
+        # first order: the query loss reads neither the extra head nor the inner gradients;
+        # ANIL: the body is not adapted, and the term shares no adapted parameter with the
+        # task's head, so the query loss cannot see it
+        assert head_grad == 0
+        assert change > 1e-4 if adapt == "all" else change == 0
+
+
+@pytest.mark.parametrize("adapt", ["all", "head"])
+def test_default_support_loss_is_the_task_loss(adapt):
+    """Bit for bit: the default equals the task loss written as a support loss."""
+    model, batch = _mlp(), _batch((6,))
+
+    def cross_entropy(predict, params, x, y):
+        return F.cross_entropy(predict(params, x), y)
+
+    config = MAMLConfig(adapt=adapt, inner_steps=2)
+    default = _meta_grad(MAML(model, config), batch)
+    written = _meta_grad(MAML(model, config, support_loss=cross_entropy), batch)
+    assert default.keys() == written.keys()
+    assert all(torch.equal(default[k], written[k]) for k in default)
+
+
+def test_no_heads_changes_nothing():
+    model = _mlp()
+    for heads in (None, {}):
+        maml = MAML(model, heads=heads)
+        assert list(maml.params()) == [k for k, _ in model.named_parameters()]
+        assert all(maml.params()[k] is p for k, p in model.named_parameters())
+        assert list(maml.state_dict()) == [f"model.{k}" for k in model.state_dict()]
+    maml = _mirror_maml()
+    assert [k for k in maml.params() if k.startswith("heads.")] == [
+        "heads.mirror.weight", "heads.mirror.bias"]
+    assert {id(p) for p in maml.parameters()} == {id(p) for p in maml.params().values()}
+
+
+@pytest.mark.parametrize(("adapt", "first_order"), [("all", False), ("head", False),
+                                                    ("all", True), ("head", True)])
+def test_support_loss_vmap_equals_loop(adapt, first_order):
+    batch, grads, logs = _batch((6,)), {}, {}
+    for strategy in ("loop", "vmap"):
+        maml = _mirror_maml(adapt, first_order, strategy)
+        loss, logs[strategy] = maml.meta_loss(batch)
+        loss.backward()
+        grads[strategy] = {k: p.grad for k, p in maml.named_parameters()}
+    _assert_dicts_close(grads["vmap"], grads["loop"], atol=1e-10, rtol=1e-10)
+    assert math.isclose(logs["vmap"]["loss"], logs["loop"]["loss"], rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["maml", "anil", "protomaml", "protomaml-head"])
+def test_first_order_inner_gradient_has_no_graph(monkeypatch, kind):
+    """First order takes each inner gradient at detached parameters: torch.func.grad's
+    outputs carry no graph to theta (second order: they do, which shows the probe works).
+    Test-time adaptation (``test=True``, as ``classify``) builds none either."""
+    seen = []
+    real_grad = maml_module.grad
+
+    def recording_grad(fn):
+        def wrapped(*args):
+            grads = real_grad(fn)(*args)
+            seen.append(any(g.requires_grad for g in grads.values()))
+            return grads
+
+        return wrapped
+
+    monkeypatch.setattr(maml_module, "grad", recording_grad)
+    found = {}
+    for first_order in (False, True):
+        config = MAMLConfig(first_order=first_order, strategy="loop", inner_steps=2,
+                            adapt="head" if kind in ("anil", "protomaml-head") else "all")
+        if kind.startswith("protomaml"):
+            learner, batch = ProtoMAML(_encoder(), WAYS, config), _batch((1, 16, 16), tasks=2)
+        else:
+            learner, batch = MAML(_mlp(), config), _batch((6,), tasks=2)
+        seen.clear()
+        learner.meta_loss(batch)[0].backward()
+        found[first_order] = list(seen)
+    assert len(found[False]) == len(found[True]) == 4  # 2 tasks x 2 inner steps
+    assert all(found[False]) and not any(found[True])
+    seen.clear()
+    params = {k: v.detach().requires_grad_() for k, v in learner.params().items()}
+    learner.adapt(params, batch.support_x[0], batch.support_y[0], test=True)
+    assert len(seen) == 3 and not any(seen)  # inner_steps_test = 3
+
+
 # ---------------------------------------------------------------- Proto-MAML
 
 
@@ -270,13 +424,26 @@ def test_protomaml_initial_logits_are_protonet():
     assert torch.equal(logits.argmax(-1), protonet.argmax(-1))
 
 
-@pytest.mark.parametrize("first_order", [False, True])
-def test_protomaml_meta_gradient_flows_through_the_init(first_order):
+def _logit_penalty(predict, params, x, y):
+    """A support loss with an extra term on other inputs than the support images: the task
+    loss plus a penalty on the logits of the mirrored support images."""
+    penalty = predict(params, x.flip(-1)).square().mean()
+    return F.cross_entropy(predict(params, x), y) + 0.1 * penalty
+
+
+@pytest.mark.parametrize(
+    ("first_order", "adapt", "extra"),
+    [(False, "all", False), (True, "all", False), (False, "all", True), (True, "all", True),
+     (False, "head", True), (True, "head", True)],
+)
+def test_protomaml_meta_gradient_flows_through_the_init(first_order, adapt, extra):
     """Chain rule by hand: the task's query loss F(theta, W0, b0) with the head's init as
     independent leaves (as in the inner loop of Meta-Dataset's code), then the init's
-    dependence on the encoder, W0 = 2c(theta), b0 = -||c(theta)||^2, added by a VJP."""
+    dependence on the encoder, W0 = 2c(theta), b0 = -||c(theta)||^2, added by a VJP.
+    ``extra``: the support loss has a second term (:func:`_logit_penalty`)."""
     encoder, batch, lr = _encoder(), _batch((1, 16, 16), tasks=2), 0.4
-    pm = ProtoMAML(encoder, WAYS, MAMLConfig(inner_lr=lr, first_order=first_order))
+    config = MAMLConfig(inner_lr=lr, first_order=first_order, adapt=adapt)
+    pm = ProtoMAML(encoder, WAYS, config, support_loss=_logit_penalty if extra else None)
     theta = _leaves(encoder)
     expected = {k: torch.zeros_like(v) for k, v in theta.items()}
     for task in batch:
@@ -290,9 +457,14 @@ def test_protomaml_meta_gradient_flows_through_the_init(first_order):
             return F.linear(functional_call(encoder, enc, (x,)), p["w"], p["b"])
 
         def support_loss(p, task=task):
-            return F.cross_entropy(logits(p, task.support_x), task.support_y)
+            loss = F.cross_entropy(logits(p, task.support_x), task.support_y)
+            if extra:
+                loss = loss + 0.1 * logits(p, task.support_x.flip(-1)).square().mean()
+            return loss
 
-        fast = _sgd({**theta, "w": w0, "b": b0}, support_loss, lr, 1, create_graph=not first_order)
+        names = None if adapt == "all" else ["w", "b"]
+        fast = _sgd({**theta, "w": w0, "b": b0}, support_loss, lr, 1, names,
+                    create_graph=not first_order)
         query = F.cross_entropy(logits(fast, task.query_x), task.query_y)
         *direct, g_w0, g_b0 = torch.autograd.grad(query, [*theta.values(), w0, b0])
         through_init = torch.autograd.grad(
@@ -307,12 +479,13 @@ def test_protomaml_meta_gradient_flows_through_the_init(first_order):
 def test_protomaml_vmap_equals_loop(adapt):
     # float64: the loop runs BatchNorm's fused kernel and vmap its tensor-op form, and the
     # prototype head (b = -|c|^2) turns their float32 rounding into ~2e-5 differences.
+    # The support loss has an extra term on the mirrored images (not the cached features).
     batch = _batch((1, 16, 16))
     out = {}
     for strategy in ("loop", "vmap"):
         torch.manual_seed(0)
         config = MAMLConfig(strategy=strategy, adapt=adapt)
-        pm = ProtoMAML(Conv4(1, hidden=4).double(), WAYS, config)
+        pm = ProtoMAML(Conv4(1, hidden=4).double(), WAYS, config, support_loss=_logit_penalty)
         loss, _ = pm.meta_loss(batch)
         loss.backward()
         out[strategy] = {k: p.grad for k, p in pm.named_parameters()}
@@ -345,18 +518,20 @@ def test_short_maml_run_on_glyphs_learns():
         load_dataset("glyphs", "train", alphabets=6), ways=5, shots=1, queries=5, seed=0
     )
     torch.manual_seed(0)
-    maml = MAML(nn.Sequential(Conv4(1, hidden=16), linear_head(16, 5)), MAMLConfig(meta_batch=4))
-    optimizer = torch.optim.Adam(maml.parameters(), lr=maml.config.outer_lr)
-    losses = []
+    maml = MAML(nn.Sequential(Conv4(1, hidden=16), linear_head(16, 5)), MAMLConfig())
+    optimizer = torch.optim.Adam(maml.parameters(), lr=1e-3)  # Finn et al.'s beta
+    losses, accuracies = [], []
     for _ in range(60):
-        loss, logs = maml.meta_loss(sampler.sample_batch(maml.config.meta_batch))
+        loss, logs = maml.meta_loss(sampler.sample_batch(4))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(logs["loss"])
-        assert 0 <= logs["accuracy"] <= 1
+        accuracies.append(logs["accuracy"])
     first, last = statistics.mean(losses[:15]), statistics.mean(losses[-15:])
     assert last < first - 0.1, f"meta-training loss did not decrease: {first:.3f} -> {last:.3f}"
+    first, last = statistics.mean(accuracies[:15]), statistics.mean(accuracies[-15:])
+    assert last > first + 0.1, f"training accuracy did not rise: {first:.2f} -> {last:.2f}"
     with torch.no_grad():
         episodes = list(sampler.episodes(10))
         accuracy = statistics.mean(
@@ -374,18 +549,20 @@ def test_short_maml_run_on_glyphs_learns():
     [
         ({"inner_lr": -0.1}, "inner_lr must be a positive number; got -0.1"),
         ({"inner_lr": 0}, "inner_lr must be a positive number; got 0"),
-        ({"outer_lr": float("nan")}, "outer_lr must be a positive number"),
+        ({"inner_lr": float("nan")}, "inner_lr must be a positive number; got nan"),
         ({"inner_steps": -1}, "inner_steps must be an int >= 0; got -1"),
         ({"inner_steps_test": 1.5}, "inner_steps_test must be an int >= 0; got 1.5"),
-        ({"meta_batch": 0}, "meta_batch must be an int >= 1; got 0"),
-        ({"loss": "hinge"}, r"loss must be one of \('cross_entropy', 'mse'\); got 'hinge'"),
-        ({"adapt": "body"}, r"adapt must be one of \('all', 'head'\)"),
-        ({"strategy": "threads"}, r"strategy must be one of \('auto', 'loop', 'vmap'\)"),
+        ({"loss": "hinge"}, "unknown loss 'hinge'; allowed: cross_entropy, mse"),
+        ({"adapt": "body"}, "unknown adapt 'body'; allowed: all, head"),
+        ({"strategy": "threads"}, "unknown strategy 'threads'; allowed: auto, loop, vmap"),
         ({"first_order": "yes"}, "first_order must be a bool; got 'yes'"),
+        # the outer loop's settings live in the training loop's config, not here
+        ({"meta_batch": 32}, "unexpected keyword argument 'meta_batch'"),
+        ({"outer_lr": 1e-3}, "unexpected keyword argument 'outer_lr'"),
     ],
 )
 def test_config_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         MAMLConfig(**kwargs)
 
 
@@ -425,5 +602,15 @@ def test_argument_and_label_errors():
         pm.classify(shuffled)
     with pytest.raises(ValueError, match="ProtoMAML classifies: loss must be 'cross_entropy'"):
         ProtoMAML(_encoder(), WAYS, MAMLConfig(loss="mse"))
-    with pytest.raises(ValueError, match="ways must be an int >= 1; got 0"):
+    with pytest.raises(ValueError, match="ways must be a positive int; got 0"):
         ProtoMAML(_encoder(), 0)
+    with pytest.raises(ValueError, match="steps must be an int >= 0; got 1.5"):
+        maml.adapt(params, task.support_x, task.support_y, steps=1.5, test=True)
+    with pytest.raises(TypeError, match="heads must map names to nn.Modules"):
+        MAML(model, heads={"rotation": torch.zeros(3)})
+    with pytest.raises(TypeError, match="support_loss must be callable; got str"):
+        MAML(model, support_loss="mse")
+    holder = nn.Module()
+    holder.heads = nn.Linear(6, WAYS)  # a model whose own parameters are named heads.*
+    with pytest.raises(ValueError, match=r"\['heads.weight', 'heads.bias'\] clash"):
+        MAML(holder, heads={"mirror": nn.Linear(6, 2)})

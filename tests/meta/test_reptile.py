@@ -21,6 +21,11 @@ from companion.nets import MLP, Conv4, linear_head
 D = torch.float64
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Every test here runs its tiny models on one thread (see tests/conftest.py)."""
+
+
 def linear_tasks(tasks: int = 4, n: int = 8, seed: int = 0) -> TaskBatch:
     g = torch.Generator().manual_seed(seed)
     episodes = []
@@ -62,9 +67,9 @@ def reference_phi(t, x, y, alpha, k, rows) -> torch.Tensor:
 def test_one_meta_step_equals_handwritten_reptile(inner_batch: int | None) -> None:
     alpha, k, eps, seed = 0.05, 3, 0.3, 11
     cfg = ReptileConfig(inner_steps=k, inner_lr=alpha, inner_optimizer="sgd",
-                        inner_batch=inner_batch, outer_lr=eps)
+                        inner_batch=inner_batch, loss="mse")
     net = linear_net()
-    learner = Reptile(net, cfg, loss="mse", seed=seed)
+    learner = Reptile(net, cfg, seed=seed)
     batch = linear_tasks()
     theta = flat(dict(net.named_parameters())).detach().clone()
 
@@ -91,9 +96,10 @@ def test_one_meta_step_equals_handwritten_reptile(inner_batch: int | None) -> No
 
 @pytest.mark.parametrize("betas", [(0.0, 0.999), (0.9, 0.99)])
 def test_inner_adam_equals_torch_optim_adam(betas: tuple[float, float]) -> None:
-    cfg = ReptileConfig(inner_steps=4, inner_lr=0.01, adam_betas=betas, inner_batch=None)
+    cfg = ReptileConfig(inner_steps=4, inner_lr=0.01, adam_betas=betas, inner_batch=None,
+                        loss="mse")
     net = linear_net(1)
-    learner = Reptile(net, cfg, loss="mse")
+    learner = Reptile(net, cfg)
     episode = linear_tasks(1)[0]
     phi = learner.adapt(learner.params(), episode.support_x, episode.support_y)
 
@@ -116,14 +122,15 @@ def test_taylor_expansion_of_section_5() -> None:
     theta = flat(dict(net.named_parameters())).detach().clone()
     g_bar = torch.stack([mse_grad(theta, e.support_x, e.support_y) for e in batch]).mean(0)
 
-    one = ReptileConfig(inner_steps=1, inner_lr=alpha, inner_optimizer="sgd", inner_batch=None)
-    surrogate, _ = Reptile(net, one, loss="mse").meta_loss(batch)
+    one = ReptileConfig(inner_steps=1, inner_lr=alpha, inner_optimizer="sgd", inner_batch=None,
+                        loss="mse")
+    surrogate, _ = Reptile(net, one).meta_loss(batch)
     surrogate.backward()
     direction = flat({k: p.grad for k, p in net.named_parameters()})
     torch.testing.assert_close(direction / alpha, g_bar)
 
     learner = Reptile(net, ReptileConfig(inner_steps=2, inner_lr=alpha, inner_optimizer="sgd",
-                                         inner_batch=None), loss="mse")
+                                         inner_batch=None, loss="mse"))
     for e in batch:
         phi = flat(learner.adapt(learner.params(), e.support_x, e.support_y))
         g = mse_grad(theta, e.support_x, e.support_y)
@@ -151,15 +158,16 @@ def test_minibatches_cycle_through_shuffled_epochs() -> None:
 def test_reptile_learns_to_adapt_on_sinusoids() -> None:
     torch.manual_seed(0)
     cfg = ReptileConfig(inner_steps=5, inner_lr=0.02, inner_optimizer="sgd", inner_batch=None,
-                        eval_inner_steps=10, eval_inner_batch=None, outer_steps=200)
-    learner = Reptile(MLP(1, (40, 40), out_features=1), cfg, loss="mse", seed=0)
+                        eval_inner_steps=10, eval_inner_batch=None, loss="mse")
+    learner = Reptile(MLP(1, (40, 40), out_features=1), cfg, seed=0)
     untrained = copy.deepcopy(learner)
     train, held_out = SinusoidTasks(10, 10, seed=1), SinusoidTasks(10, 100, seed=2)
-    opt = torch.optim.SGD(learner.parameters(), lr=cfg.outer_lr)
-    for step in range(cfg.outer_steps):
-        for group in opt.param_groups:
-            group["lr"] = cfg.outer_step_size(step)
-        surrogate, _ = learner.meta_loss(train.sample_batch(cfg.meta_batch))
+    steps, tasks = 200, 5  # Nichol et al.'s 5 tasks per meta-step
+    opt = torch.optim.SGD(learner.parameters(), lr=1.0)
+    for step in range(steps):
+        for group in opt.param_groups:  # epsilon annealed linearly from 1 to 0, as their code
+            group["lr"] = 1.0 - step / steps
+        surrogate, _ = learner.meta_loss(train.sample_batch(tasks))
         opt.zero_grad()
         surrogate.backward()
         opt.step()
@@ -167,7 +175,7 @@ def test_reptile_learns_to_adapt_on_sinusoids() -> None:
     def query_mse(model: Reptile, steps: int | None) -> float:
         errors = []
         for e in tasks:
-            phi = model.adapt(model.params(), e.support_x, e.support_y, test=True, steps=steps)
+            phi = model.adapt(model.params(), e.support_x, e.support_y, steps=steps, test=True)
             errors.append(nn.functional.mse_loss(model.predict(phi, e.query_x), e.query_y))
         return torch.stack(errors).mean().item()
 
@@ -179,8 +187,11 @@ def test_reptile_learns_to_adapt_on_sinusoids() -> None:
 
 
 def test_glyphs_classify_and_meta_loss() -> None:
+    """Default config (inner Adam, batches of 10 = the whole 5-way 2-shot support set, so no
+    shuffling): the logged query loss and accuracy equal torch.optim.Adam's adaptation."""
     sampler = EpisodeSampler(load_dataset("glyphs", "train", alphabets=3), ways=5, shots=2,
                              queries=3, seed=0)
+    torch.manual_seed(0)
     net = nn.Sequential(Conv4(hidden=8), linear_head(8, 5))
     learner = Reptile(net, ReptileConfig(eval_inner_steps=10), seed=0)
     before = {k: p.detach().clone() for k, p in net.named_parameters()}
@@ -190,24 +201,52 @@ def test_glyphs_classify_and_meta_loss() -> None:
     for k, p in net.named_parameters():
         assert torch.equal(p, before[k]) and p.grad is None
 
-    surrogate, logs = learner.meta_loss(sampler.sample_batch(2))
-    assert set(logs) == {"loss", "accuracy"} and 0 <= logs["accuracy"] <= 1
+    batch = sampler.sample_batch(2)
+    surrogate, logs = learner.meta_loss(batch)
+    losses, accuracies = [], []
+    for e in batch:  # 5 steps of a fresh Adam(betas=(0, 0.999)) per task, from theta
+        ref = copy.deepcopy(net)
+        opt = torch.optim.Adam(ref.parameters(), lr=1e-3, betas=(0.0, 0.999), eps=1e-8)
+        for _ in range(5):
+            opt.zero_grad()
+            nn.functional.cross_entropy(ref(e.support_x), e.support_y).backward()
+            opt.step()
+        with torch.no_grad():
+            out = ref(e.query_x)
+        losses.append(nn.functional.cross_entropy(out, e.query_y).item())
+        accuracies.append((out.argmax(-1) == e.query_y).float().mean().item())
+    assert set(logs) == {"loss", "accuracy"}
+    assert logs["loss"] == pytest.approx(sum(losses) / 2, rel=1e-4)
+    assert logs["accuracy"] == pytest.approx(sum(accuracies) / 2, abs=1e-6)
     surrogate.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
 
 
-def test_outer_step_size_is_annealed_linearly() -> None:
-    cfg = ReptileConfig(outer_lr=1.0, outer_lr_final=0.0, outer_steps=100)
-    assert [cfg.outer_step_size(s) for s in (0, 25, 100, 200)] == [1.0, 0.75, 0.0, 0.0]
+def test_generators_name_the_minibatch_stream() -> None:
+    """``generators()`` returns the stream the inner minibatches draw from, so restoring
+    its state (as a checkpoint does) repeats the same adaptation."""
+    learner = Reptile(linear_net(), ReptileConfig(inner_batch=3, inner_optimizer="sgd",
+                                                  loss="mse"), seed=5)
+    assert learner.generators() == {"minibatches": learner.generator}
+    episode = linear_tasks(1)[0]
+    state = learner.generators()["minibatches"].get_state()
+    first = flat(learner.adapt(learner.params(), episode.support_x, episode.support_y))
+    second = flat(learner.adapt(learner.params(), episode.support_x, episode.support_y))
+    assert not torch.equal(first, second)  # the stream moved on: other minibatches
+    learner.generators()["minibatches"].set_state(state)
+    again = flat(learner.adapt(learner.params(), episode.support_x, episode.support_y))
+    assert torch.equal(first, again)
+    own = torch.Generator().manual_seed(1)
+    assert Reptile(linear_net(), generator=own).generators() == {"minibatches": own}
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [
         {"inner_steps": 0}, {"inner_steps": True}, {"eval_inner_steps": 2.0},
-        {"inner_lr": 0.0}, {"outer_lr": -1.0}, {"outer_lr_final": -0.1},
-        {"inner_optimizer": "rmsprop"}, {"adam_betas": (1.0, 0.999)}, {"adam_betas": (0.0,)},
-        {"inner_batch": 0}, {"eval_inner_batch": -1}, {"meta_batch": 0}, {"adam_eps": 0.0},
+        {"inner_lr": 0.0}, {"inner_lr": float("nan")}, {"inner_optimizer": "rmsprop"},
+        {"adam_betas": (1.0, 0.999)}, {"adam_betas": (0.0,)}, {"adam_betas": "ab"},
+        {"inner_batch": 0}, {"eval_inner_batch": -1}, {"adam_eps": 0.0}, {"loss": "hinge"},
     ],
 )
 def test_bad_config(kwargs: dict) -> None:
@@ -215,14 +254,24 @@ def test_bad_config(kwargs: dict) -> None:
         ReptileConfig(**kwargs)
 
 
+def test_removed_outer_settings() -> None:
+    """The outer loop's settings belong to the training loop's config, not Reptile's."""
+    for name in ("outer_lr", "outer_lr_final", "outer_steps", "meta_batch", "train_shots"):
+        with pytest.raises(TypeError, match=f"unexpected keyword argument '{name}'"):
+            ReptileConfig(**{name: 1})
+    assert not hasattr(ReptileConfig(), "outer_step_size")
+
+
 def test_bad_learner_arguments() -> None:
-    with pytest.raises(ValueError, match="loss"):
-        Reptile(linear_net(), loss="hinge")
+    with pytest.raises(TypeError, match="config must be a ReptileConfig; got dict"):
+        Reptile(linear_net(), {"loss": "mse"})
+    with pytest.raises(TypeError, match="generator must be a torch.Generator; got int"):
+        Reptile(linear_net(), generator=0)
     episode = linear_tasks(1)[0]
     with pytest.raises(TypeError, match="int64 class labels"):
         Reptile(linear_net()).adapt({}, episode.support_x, episode.support_y)
-    learner = Reptile(linear_net(), loss="mse")
+    learner = Reptile(linear_net(), ReptileConfig(loss="mse"))
     with pytest.raises(TypeError, match="float targets"):
         learner.adapt(learner.params(), episode.support_x, episode.support_y.long())
-    with pytest.raises(ValueError, match="steps"):
+    with pytest.raises(ValueError, match="steps must be an int >= 0; got -1"):
         learner.adapt(learner.params(), episode.support_x, episode.support_y, steps=-1)

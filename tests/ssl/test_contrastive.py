@@ -5,6 +5,7 @@ contracts (queue, EMA target, stop-gradient), and SimSiam's collapse without sto
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -108,8 +109,8 @@ def test_simclr_loss_and_accuracy_match_the_projections() -> None:
         max((k for k in range(14) if k != i), key=lambda k: cosine(z[i], z[k])) for i in range(14)
     ]
     accuracy = sum(nearest[i] == (i + 7) % 14 for i in range(14)) / 14
-    assert logs["accuracy"] == pytest.approx(accuracy)
-    assert logs["loss"] == pytest.approx(loss.item())
+    assert logs["accuracy"].item() == pytest.approx(accuracy)
+    assert logs["loss"].item() == pytest.approx(loss.item())
     z1, z2 = torch.tensor(z[:7]), torch.tensor(z[7:])
     assert loss.item() == pytest.approx(slow_nt_xent(z1, z2, 0.5))
 
@@ -186,7 +187,9 @@ def test_moco_loss_leaves_the_state_alone_and_after_step_updates_it() -> None:
     assert all(not p.requires_grad for p in model.key_encoder.parameters())
     x1, x2 = randn(3, 1, 4, 4, seed=1).float(), randn(3, 1, 4, 4, seed=2).float()
     queue_before = model.queue.features.clone()
-    keys_before = [p.clone() for p in model.key_projector.parameters()]
+    key_nets = (model.key_encoder, model.key_projector)
+    query_nets = (model.encoder, model.projector)
+    keys_before = [p.clone() for net in key_nets for p in net.parameters()]
     with torch.no_grad():  # eq. 1 from the parts, with the key encoder before the update
         q1 = model.projector(model.encoder(x1))
         k2 = F.normalize(model.key_projector(model.key_encoder(x2)), dim=1)
@@ -196,20 +199,37 @@ def test_moco_loss_leaves_the_state_alone_and_after_step_updates_it() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     loss.backward()
     optimizer.step()
-    assert all(p.grad is None for p in model.key_encoder.parameters())
-    assert all(
-        torch.equal(a, b)
-        for a, b in zip(model.key_projector.parameters(), keys_before, strict=True)
+    queries = [p.detach().clone() for net in query_nets for p in net.parameters()]
+    assert not all(  # the step moved the query side, so eq. 2 below is not trivially met
+        torch.equal(q, k) for q, k in zip(queries, keys_before, strict=True)
     )
-    model.after_step()
-    for k, k_old, q in zip(
-        model.key_projector.parameters(), keys_before, model.projector.parameters(), strict=True
-    ):
-        assert torch.allclose(k, 0.9 * k_old + 0.1 * q)
+    assert all(p.grad is None for net in key_nets for p in net.parameters())
+    keys_now = [p for net in key_nets for p in net.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(keys_now, keys_before, strict=True))
+    model.after_step(1, 10)
+    for k, k_old, q in zip(keys_now, keys_before, queries, strict=True):  # f_k and its head
+        assert torch.allclose(k, 0.9 * k_old + 0.1 * q)  # eq. 2, m = 0.9, by hand
     assert torch.allclose(model.queue.features[:3], k2) and int(model.queue.ptr) == 3
     assert torch.equal(model.queue.features[3:], queue_before[3:])
     with pytest.raises(RuntimeError, match="loss"):
-        model.after_step()  # the keys were enqueued already
+        model.after_step(2, 10)  # the keys were enqueued already
+
+
+def test_moco_momentum_is_constant_whatever_the_step() -> None:
+    """He et al. keep m fixed (sec. 3.2): the step and the run length change nothing."""
+    x1, x2 = randn(3, 1, 4, 4, seed=1).float(), randn(3, 1, 4, 4, seed=2).float()
+    states = []
+    for step, total in ((1, 10), (10, 10), (1, 1000)):
+        torch.manual_seed(0)
+        config = MoCoConfig(queue_size=8, hidden_dim=5, out_dim=3, momentum=0.9)
+        model = MoCo(tiny_encoder(), 6, config, generator=torch.Generator().manual_seed(1))
+        loss, _ = model.loss(x1, x2)
+        loss.backward()
+        torch.optim.SGD(model.parameters(), lr=0.5).step()
+        model.after_step(step, total)
+        states.append(model.state_dict())
+    for other in states[1:]:
+        assert all(torch.equal(states[0][name], other[name]) for name in states[0])
 
 
 # --- BYOL and SimSiam ----------------------------------------------------------------------
@@ -240,42 +260,130 @@ def test_simsiam_loss_is_a_negative_cosine_in_minus_one_one() -> None:
     expected = -sum(cosine(a, b) for a, b in zip(p1.tolist(), z2.tolist(), strict=True)) / 12
     expected -= sum(cosine(a, b) for a, b in zip(p2.tolist(), z1.tolist(), strict=True)) / 12
     assert simsiam_loss(p1, p2, z1, z2).item() == pytest.approx(expected)
-    assert -1 <= expected <= 1
     assert simsiam_loss(p1, p2, 3 * p2, 2 * p1).item() == pytest.approx(-1)
     assert simsiam_loss(p1, p2, -p2, -p1).item() == pytest.approx(1)
 
 
-def test_output_std_is_zero_for_a_constant_and_near_inverse_sqrt_d_when_spread() -> None:
-    assert output_std(torch.ones(10, 8)).item() == 0
+def test_output_std_equals_a_loop_is_zero_for_one_direction_and_inverse_sqrt_d_spread() -> None:
+    p = randn(5, 3, seed=3)
+    units = [[v / math.sqrt(sum(w * w for w in row)) for v in row] for row in p.tolist()]
+    expected = statistics.fmean(statistics.stdev(column) for column in zip(*units, strict=True))
+    assert output_std(p).item() == pytest.approx(expected)
+    lengths = torch.rand(10, 1, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    collapsed = randn(1, 8, seed=5) * (lengths + 0.5)  # every row has the same direction
+    assert output_std(collapsed).item() == pytest.approx(0, abs=1e-12)
     assert output_std(randn(4000, 16)).item() == pytest.approx(1 / math.sqrt(16), rel=0.05)
+    with pytest.raises(ValueError, match=r"\(N, D\) with N >= 2; got \(1, 3\)"):
+        output_std(randn(1, 3))
+
+
+MONITORED = {
+    "byol": lambda: BYOL(tiny_encoder(), 6, BYOLConfig(hidden_dim=16, out_dim=16)),
+    "simsiam": lambda: SimSiam(tiny_encoder(), 6, SimSiamConfig(proj_dim=16, pred_hidden=8)),
+}
+
+
+@pytest.mark.parametrize("name", MONITORED)
+def test_the_logged_monitor_reads_the_predictions_and_falls_to_zero_when_they_collapse(
+    name: str,
+) -> None:
+    torch.manual_seed(0)
+    model = MONITORED[name]()
+    x1, x2 = randn(256, 1, 4, 4, seed=1).float(), randn(256, 1, 4, 4, seed=2).float()
+
+    def parts() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            z1 = model.projector(model.encoder(x1))
+            return z1, model.predictor(z1)
+
+    _, logs = model.loss(x1, x2)
+    z1, p1 = parts()
+    spread = 0.5 / math.sqrt(16)
+    assert logs["output_std"].item() == pytest.approx(output_std(p1).item())
+    assert logs["output_std"].item() > spread
+    with torch.no_grad():  # collapse the predictor: p = its bias, the same for every image
+        model.predictor[-1].weight.zero_()
+    _, logs = model.loss(x1, x2)
+    z1, p1 = parts()
+    assert torch.allclose(p1, p1[:1].expand_as(p1))
+    assert logs["output_std"].item() == pytest.approx(0, abs=1e-6)
+    assert output_std(z1).item() > spread  # z is unchanged: a monitor on z would miss this
 
 
 def test_byol_momentum_schedule_goes_from_base_to_one() -> None:
     assert byol_momentum(0, 100) == pytest.approx(0.996)
     assert byol_momentum(50, 100) == pytest.approx(0.998)
     assert byol_momentum(100, 100) == pytest.approx(1.0)
+    assert byol_momentum(1, 4, base=0.6) == pytest.approx(1 - 0.4 * (math.sqrt(0.5) + 1) / 2)
+    with pytest.raises(ValueError, match="step <= total_steps"):
+        byol_momentum(5, 4)
+    with pytest.raises(ValueError, match="total_steps must be a positive int"):
+        byol_momentum(0, 0)
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\]"):
+        byol_momentum(0, 4, base=1.5)
 
 
-def test_byol_target_gets_no_gradient_and_follows_eq_1() -> None:
+def byol_and_its_halves(config: BYOLConfig) -> tuple[BYOL, list[nn.Parameter], list[nn.Parameter]]:
     torch.manual_seed(0)
-    model = BYOL(tiny_encoder(), 6, BYOLConfig(hidden_dim=8, out_dim=4, momentum=0.5))
+    model = BYOL(tiny_encoder(), 6, config)
     target = list(model.target_encoder.parameters()) + list(model.target_projector.parameters())
     online = list(model.encoder.parameters()) + list(model.projector.parameters())
+    return model, target, online
+
+
+def byol_step(model: BYOL, seed: int) -> None:
+    """One loss, backward and SGD step on the online network (the target gets no gradient)."""
+    x1, x2 = randn(6, 1, 4, 4, seed=seed).float(), randn(6, 1, 4, 4, seed=seed + 50).float()
+    model.zero_grad()
+    model.loss(x1, x2)[0].backward()
+    torch.optim.SGD(model.parameters(), lr=0.5).step()
+
+
+def test_byol_target_gets_no_gradient() -> None:
+    model, target, online = byol_and_its_halves(BYOLConfig(hidden_dim=8, out_dim=4))
     assert all(torch.equal(t, o) for t, o in zip(target, online, strict=True))
     assert not any(t.requires_grad for t in target)
     loss, logs = model.loss(randn(6, 1, 4, 4, seed=1).float(), randn(6, 1, 4, 4, seed=2).float())
-    assert 0 <= logs["loss"] <= 8 and logs["output_std"] > 0
+    assert logs["loss"].item() == pytest.approx(loss.item())
     loss.backward()
     assert all(t.grad is None for t in target) and all(o.grad is not None for o in online)
     before = [t.clone() for t in target]
-    torch.optim.SGD(model.parameters(), lr=1.0).step()
-    # the optimiser skips the target: it has no gradient
+    torch.optim.SGD(model.parameters(), lr=1.0).step()  # the optimiser skips the target
     assert all(torch.equal(t, b) for t, b in zip(target, before, strict=True))
-    model.after_step()
+
+
+def test_byol_after_step_is_eq_1_with_the_cosine_momentum_of_that_step() -> None:
+    """tau_k = 1 - (1 - 0.5)(cos(pi k / 4) + 1) / 2 after step k + 1 of K = 4, by hand."""
+    config = BYOLConfig(hidden_dim=8, out_dim=4, momentum=0.5)
+    model, target, online = byol_and_its_halves(config)
+    root = math.sqrt(0.5)  # cos(pi/4) = -cos(3 pi/4)
+    by_hand = {1: 0.5, 2: 1 - 0.25 * (1 + root), 3: 0.75, 4: 1 - 0.25 * (1 - root)}
+    for step in range(1, 5):
+        byol_step(model, seed=step)
+        before = [t.clone() for t in target]
+        assert not all(torch.equal(t, o) for t, o in zip(target, online, strict=True))
+        assert model.momentum_at(step, 4) == pytest.approx(by_hand[step])
+        model.after_step(step, 4)
+        tau = by_hand[step]
+        for t, b, o in zip(target, before, online, strict=True):
+            assert torch.allclose(t, tau * b + (1 - tau) * o)
+    with pytest.raises(ValueError, match="step must be a positive int"):
+        model.after_step(0, 4)
+    with pytest.raises(ValueError, match="step <= total_steps"):
+        model.after_step(5, 4)
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.25])
+def test_byol_constant_schedule_uses_the_base_momentum_at_every_step(tau: float) -> None:
+    config = BYOLConfig(hidden_dim=8, out_dim=4, momentum=tau, momentum_schedule="constant")
+    model, target, online = byol_and_its_halves(config)
+    byol_step(model, seed=1)
+    before = [t.clone() for t in target]
+    model.after_step(3, 4)  # the cosine schedule would use 1 - (1 - tau) / 2 here
     for t, b, o in zip(target, before, online, strict=True):
-        assert torch.allclose(t, 0.5 * b + 0.5 * o)
-    model.after_step(momentum=0.0)
-    assert all(torch.equal(t, o) for t, o in zip(target, online, strict=True))
+        assert torch.allclose(t, tau * b + (1 - tau) * o)
+    with pytest.raises(ValueError, match="unknown momentum_schedule 'linear'"):
+        BYOLConfig(momentum_schedule="linear")
 
 
 # --- Barlow Twins --------------------------------------------------------------------------
@@ -350,17 +458,34 @@ def test_every_method_trains_in_float64_with_the_same_loop(name: str) -> None:
     torch.manual_seed(0)
     model = MODELS[name]().double()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    for seed in range(2):
-        loss, logs = model.loss(randn(8, 1, 4, 4, seed=seed), randn(8, 1, 4, 4, seed=seed + 9))
+    for step in (1, 2):
+        x1, x2 = randn(8, 1, 4, 4, seed=step), randn(8, 1, 4, 4, seed=step + 9)
+        loss, logs = model.loss(x1, x2)
         assert loss.dtype == torch.float64 and torch.isfinite(loss)
-        assert logs["loss"] == pytest.approx(loss.item())
+        for value in logs.values():  # 0-dim tensors, detached: SelfSupervised logs floats
+            assert isinstance(value, torch.Tensor) and value.ndim == 0
+            assert not value.requires_grad
+        assert logs["loss"].item() == pytest.approx(loss.item())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        model.after_step()
+        model.after_step(step, 2)
     assert isinstance(model.encoder, nn.Module)
     with pytest.raises(ValueError, match="same shape"):
         model.loss(randn(8, 1, 4, 4), randn(7, 1, 4, 4))
+
+
+@pytest.mark.parametrize("name", ["simclr", "simsiam", "barlow"])
+def test_after_step_of_a_method_without_state_changes_nothing(name: str) -> None:
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    loss, _ = model.loss(randn(8, 1, 4, 4, seed=1).float(), randn(8, 1, 4, 4, seed=2).float())
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    model.after_step(1, 3)
+    assert before.keys() == model.state_dict().keys()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_methods_reject_a_config_of_another_method() -> None:
@@ -384,8 +509,8 @@ def simsiam_output_std(images: torch.Tensor, stop_gradient: bool, steps: int = 2
     """Train SimSiam (SGD, lr 0.05, momentum 0.9, wd 1e-4, as in the paper; batch 64) and
     return the collapse monitor averaged over the last 10 steps."""
     torch.manual_seed(0)
-    # No batch norm on z: with it (the paper's default) z stays standardised and the std
-    # reaches 0 only once the pre-norm variance falls below eps, far beyond 200 steps.
+    # No batch norm on z (out_norm=False): with it, the paper's default, the run without
+    # stop-gradient does not reach a constant output within these 200 steps.
     config = SimSiamConfig(proj_dim=16, pred_hidden=4, out_norm=False, stop_gradient=stop_gradient)
     model = SimSiam(Conv4(1, hidden=16), 16, config)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
@@ -397,7 +522,7 @@ def simsiam_output_std(images: torch.Tensor, stop_gradient: bool, steps: int = 2
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        stds.append(logs["output_std"])
+        stds.append(logs["output_std"].item())
     return sum(stds[-10:]) / 10
 
 

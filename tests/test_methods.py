@@ -1,0 +1,135 @@
+"""The registry: every entry is complete and consistent, every method satisfies the learner
+protocol, and every method trains through ``fit`` and tests through ``evaluate_learner`` on
+each device (the CUDA half is marked ``gpu`` and skips without CUDA; the CPU half runs in
+every ``make test``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from companion import methods
+from companion.data import EpisodeSampler, load_dataset
+from companion.data.batches import ImageBatchSampler
+from companion.profiles import PROFILES
+from companion.protocols import Learner, check_learner
+from companion.train import TrainConfig, evaluate_learner, fit
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+SMALL = {"ways": 5, "image_size": 28, "in_channels": 1, "width": 8}
+
+
+def _episodes(split: str, seed: int, ways: int = 5) -> EpisodeSampler:
+    alphabets = {"alphabets": 2} if split == "train" else {}
+    return EpisodeSampler(load_dataset("glyphs", split, **alphabets), ways, 1, 3, seed=seed)
+
+
+def _task_source(method: methods.Method) -> EpisodeSampler | ImageBatchSampler:
+    """What ``method`` trains on, as the registry says."""
+    if method.trains_on == "images":
+        return ImageBatchSampler(load_dataset("glyphs", "train", alphabets=2), seed=0)
+    return _episodes("train", 0)
+
+
+@pytest.mark.parametrize("name", methods.METHODS)
+def test_every_entry_is_complete(name: str) -> None:
+    method = methods.get(name)
+    assert method.name == name and method.summary
+    assert method.trains_on in methods.TRAINS_ON
+    TrainConfig(**method.training)  # the optimiser is made of loop fields
+    loop_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for profile, preset in method.presets.items():
+        assert profile in PROFILES, profile
+        unknown = set(preset) - loop_fields - set(methods.PRESET_KEYS)
+        assert not unknown, f"{name}/{profile}: unknown preset keys {unknown}"
+        assert set(preset.get("set", {})) <= set(method.fields()), preset["set"]
+        loop = {k: v for k, v in {**method.training, **preset}.items() if k in loop_fields}
+        TrainConfig(**loop)
+        shaped = method.arch_fields(methods.Arch(5, 28, 1, 8)) if method.arch_fields else {}
+        method.config(**{**method.defaults, **shaped, **preset.get("set", {})})
+    assert set(method.defaults) <= set(method.fields())
+
+
+def test_the_cpu_presets_are_the_benchmark_recipes() -> None:
+    # the tables train with what `train METHOD --profile cpu` does by default: every method
+    # has a cpu preset that fixes its step count (the 5-minute budget)
+    for method in methods.REGISTRY.values():
+        assert "steps" in method.preset("cpu"), method.name
+
+
+def test_unknown_names_and_fields_are_errors_naming_the_allowed_ones() -> None:
+    with pytest.raises(ValueError, match="unknown method 'snail'; allowed: protonet, "):
+        methods.get("snail")
+    with pytest.raises(ValueError, match="protonet has no config field 'lr'; allowed: "
+                                         "learn_scale, metric, scale"):
+        methods.build_learner("protonet", lr=0.1, **SMALL)
+    with pytest.raises(ValueError, match="ways must be a positive int; got 0"):
+        methods.build_learner("maml", **{**SMALL, "ways": 0})
+
+
+def test_entry_defaults_and_fields_reach_the_config() -> None:
+    assert methods.build_learner("fomaml", **SMALL).config.first_order is True
+    assert methods.build_learner("anil", **SMALL).config.adapt == "head"
+    assert methods.build_learner("maml", **SMALL, inner_steps_test=7).config.inner_steps_test == 7
+    simclr = methods.build_learner("simclr", **SMALL, temperature=0.3)
+    assert simclr.method.config.temperature == 0.3
+    assert simclr.method.config.out_dim == methods.SSL_HEADS["simclr"]["out_dim"]
+    mae = methods.build_learner("mae", **{**SMALL, "image_size": 32})
+    assert mae.method.config.image_size == 32  # the ViT follows the data unless set
+
+
+def test_default_steps_and_batch_follow_the_profile() -> None:
+    smoke, full = PROFILES["smoke"], PROFILES["full"]
+    simclr, rotation = methods.get("simclr"), methods.get("rotation")
+    assert simclr.default_steps(smoke, 1_000) == smoke.train_steps
+    # full: `epochs` passes over Omniglot's 19,280 background images, in batches of 256, or
+    # of 64 for rotation (each image becomes four)
+    assert simclr.default_steps(full, 19_280) == math.ceil(full.epochs * 19_280 / 256)
+    assert rotation.default_steps(full, 19_280) == math.ceil(full.epochs * 19_280 / 64)
+    assert (rotation.batch(256), simclr.batch(256), rotation.batch(2)) == (64, 256, 1)
+    assert methods.get("maml").default_steps(full, 19_280) == full.train_steps
+
+
+def test_the_split_by_training_data() -> None:
+    assert set(methods.names("episodes")) | set(methods.names("images")) == set(methods.METHODS)
+    assert len(methods.METHODS) == 17
+    with pytest.raises(ValueError, match="unknown trains_on 'labels'"):
+        methods.names("labels")
+
+
+@pytest.mark.parametrize("name", methods.METHODS)
+def test_every_method_is_a_learner(name: str) -> None:
+    learner = methods.build_learner(name, **SMALL)
+    check_learner(learner)
+    assert isinstance(learner, Learner)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", methods.METHODS)
+def test_fit_and_evaluate_every_method(name: str, device: str, tmp_path) -> None:
+    method = methods.get(name)
+    torch.manual_seed(0)
+    learner = methods.build_learner(name, **SMALL)
+    config = TrainConfig(**method.training, steps=3, meta_batch=16 if method.trains_on ==
+                         "images" else 2, val_every=3, val_episodes=4, checkpoint_every=3,
+                         device=device)
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    result = fit(learner, _task_source(method), config, val_sampler=_episodes("val", 1),
+                 out_dir=tmp_path, progress=False)
+    assert result.step == 3 and all(p.device.type == device for p in learner.parameters())
+    changed = [k for k, v in learner.state_dict().items()
+               if v.is_floating_point() and not torch.equal(v.cpu(), before[k])]
+    assert changed, "three optimiser steps left every weight as it was"
+    assert {"loss"} <= set(result.history["train"][-1])
+    test = _episodes("test", 2)
+    evaluation = evaluate_learner(learner, test, 5, device=torch.device(device))
+    assert evaluation.episodes == 5
+    # evaluate_learner scores with learner.classify: recompute one episode by hand
+    episode = _episodes("test", 2).sample().to(device)
+    learner.eval()
+    with torch.no_grad():
+        scores = learner.classify(episode)
+    assert scores.shape == (len(episode.query_y), 5) and torch.isfinite(scores).all()
