@@ -14,25 +14,15 @@ Three baselines run through the same probes: raw pixels (the nearest-neighbour b
 chapter 1), the Conv-4 encoder at its random initialisation (the same weights every
 Conv-4 method starts from, seed 0) and the MAE's ViT at its random initialisation (seed 0).
 Each method runs through the package's two commands, ``python -m companion train`` then
-``python -m companion eval``, with the recipe in :data:`RECIPES`, so every number can be
-reproduced by hand.
-
-Recipes. Every method uses its defaults (Adam 1e-3 with a cosine decay, the projector widths
-of :data:`companion.methods.SSL_HEADS`, batches of 256 images) except:
-
-- the step count, :data:`companion.methods.CPU_STEPS`, the cpu profile's default: at most
-  5 minutes of training here (130 to 277 s measured on one day; the machine ran 15-45%
-  slower on another, and 1.3-1.5x the steps did not lift the autoencoders' probes);
-- SimCLR at temperature 0.2 (0.5, the paper's CIFAR value, gave 80.0 5w1s while this
-  issue was planned; MoCo v2 uses 0.2 too);
-- the momentum of MoCo's key encoder and BYOL's target 0.99 instead of 0.999 / 0.996:
-  with a few hundred steps, a target that averages the last 1,000 steps would barely move
-  from its random initialisation;
-- rotation prediction on 64 images per step, since each image becomes four (also the
-  profile's default);
-- MAE with per-patch normalised targets (``norm_pix_loss=True``, He et al. sec. 3 and the
-  setting of their pre-training runs; the config's default is off, as in their code):
-  5w1s 54.7 +- 1.0 against 46.2 +- 0.9 with raw pixels, in the same 1,800 steps.
+``python -m companion eval``, with nothing but the dataset and the profile: the recipe is
+the method's ``cpu`` preset in :data:`companion.methods.REGISTRY`, the same one a reader
+gets from ``python -m companion train METHOD --dataset omniglot --profile cpu``, so every
+number can be reproduced by hand. The registry explains each choice; in short, every method
+uses Adam 1e-3 with a cosine decay, the projector widths of
+:data:`companion.methods.SSL_HEADS` and batches of 256 images (rotation 64, since each
+image becomes four), a step count that fits 5 minutes on 2 cores, SimCLR at temperature 0.2,
+MoCo's and BYOL's targets at a constant momentum of 0.99, and MAE with per-patch normalised
+targets.
 
 Usage::
 
@@ -54,16 +44,10 @@ from pathlib import Path
 
 import torch
 
+from companion import methods
+
 COMMON = ["--dataset", "omniglot", "--no-eval", "--quiet", "--profile", "cpu"]
-RECIPES: dict[str, list[str]] = {
-    "simclr": ["--set", "temperature=0.2"],
-    "moco": ["--set", "momentum=0.99"],
-    "byol": ["--set", "momentum=0.99"],
-    "mae": ["--set", "norm_pix_loss=True"],
-    **{method: [] for method in ("simsiam", "barlow", "ae", "dae", "vae", "rotation")},
-}
-"""Arguments of ``python -m companion train METHOD`` (besides :data:`COMMON`) per method; the
-steps and the batch are the cpu profile's defaults (:data:`companion.methods.CPU_STEPS`)."""
+METHODS = methods.names("images")
 
 TESTS = (1, 5)  # shots of the 5-way test episodes
 PROBES = ("linear", "knn")
@@ -81,7 +65,6 @@ def cell(metrics: dict) -> str:
 
 def baselines(episodes: int, root: str | None) -> list[dict]:
     """Rows for raw pixels and the random-init Conv-4 and ViT, through ``eval``'s probes."""
-    from companion import methods
     from companion.data import EpisodeSampler, load_dataset
     from companion.evaluate import (
         embed,
@@ -131,7 +114,7 @@ def baselines(episodes: int, root: str | None) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--out", default="runs/ssl-table", help="output folder")
     parser.add_argument("--episodes", type=int, default=600, help="test episodes")
     parser.add_argument("--root", default=None, help="data folder (default: $COMPANION_DATA)")
@@ -141,16 +124,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="5 steps, 20 episodes, simclr and ae: a plumbing check")
     args = parser.parse_args()
-    methods, episodes = args.methods, args.episodes
+    chosen, episodes = args.methods, args.episodes
     if args.quick:
-        methods, episodes = [m for m in methods if m in ("simclr", "ae")], 20
+        chosen, episodes = [m for m in chosen if m in ("simclr", "ae")], 20
     out = Path(args.out)
     root = ["--root", args.root] if args.root else []
     rows = [] if args.no_baselines else baselines(episodes, args.root)
-    for method in methods:
-        recipe = RECIPES[method]
-        if args.quick:
-            recipe = [*recipe, "--steps", "5"]
+    for method in chosen:
+        recipe = ["--steps", "5"] if args.quick else []
         run_dir = out / method
         if not args.eval_only:
             run(["train", method, *COMMON, *root, *recipe, "--out", str(run_dir), "--restart"])

@@ -222,10 +222,8 @@ class MatchingNet(nn.Module):
         self.config = config
         self.fce: FullContextEmbedding | None = None
         if config.fce:
-            if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) \
-                    or feature_dim < 1:
-                raise ValueError("fce=True needs feature_dim, the encoder's output size D "
-                                 f"(e.g. Conv4.out_features(28)); got {feature_dim!r}")
+            check_int("fce=True needs feature_dim, the encoder's output size D (e.g. "
+                      "Conv4.out_features(28)), which", feature_dim)
             self.fce = FullContextEmbedding(feature_dim, config.fce_steps)
 
     def _log_probs(self, support_x: torch.Tensor, support_y: torch.Tensor,

@@ -138,7 +138,7 @@ def test_errors_name_what_was_given() -> None:
         prototypes(z_support, 4)
     with pytest.raises(ValueError, match="unknown metric"):
         ProtoNetConfig(metric="euclid")
-    with pytest.raises(ValueError, match="scale must be positive; got 0"):
+    with pytest.raises(ValueError, match="scale must be a positive number; got 0"):
         ProtoNetConfig(scale=0)
     net = ProtoNet(nn.Identity())
     episode = Episode(z_support, support_y, z_query, torch.zeros(5, dtype=torch.long))
