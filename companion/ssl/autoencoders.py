@@ -162,7 +162,7 @@ def draw_corruption(x: torch.Tensor, noise: str, generator: torch.Generator) -> 
         - x: ``(B, C, H, W)``; returns: same shape
     """
     check_choice("noise", noise, NOISES)
-    return _draw(torch.rand if noise == "mask" else torch.randn, x.shape, generator, x)
+    return draw_on(torch.rand if noise == "mask" else torch.randn, x.shape, generator, x)
 
 
 def corrupt_with(x: torch.Tensor, u: torch.Tensor, noise: str, level: float) -> torch.Tensor:
@@ -199,13 +199,15 @@ def corrupt(x: torch.Tensor, noise: str, level: float, generator: torch.Generato
     return corrupt_with(x, draw_corruption(x, noise, generator), noise, level)
 
 
-def _draw(
+def draw_on(
     sampler: Callable[..., torch.Tensor],
     shape: torch.Size,
     generator: torch.Generator,
     like: torch.Tensor,
 ) -> torch.Tensor:
-    """``sampler(shape)`` from ``generator`` on its device, then moved to ``like``'s device."""
+    """``sampler(shape)`` (``torch.rand`` or ``torch.randn``) drawn from ``generator`` on the
+    generator's device in ``like``'s dtype, then moved to ``like``'s device: the same numbers
+    on a CPU and a GPU run with the same seed. Shared by the autoencoders and the VAE."""
     values = sampler(shape, generator=generator, device=generator.device, dtype=like.dtype)
     return values.to(like.device)
 

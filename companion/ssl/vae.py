@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from companion.checks import check_int
-from companion.ssl.autoencoders import Decoder, _draw, reconstruction_loss
+from companion.ssl.autoencoders import Decoder, draw_on, reconstruction_loss
 
 __all__ = ["VAE", "VAEConfig", "Decoder", "elbo", "gaussian_kl", "reparameterise", "sample_z"]
 
@@ -81,7 +81,7 @@ def reparameterise(
     Shape:
         - mu, logvar: ``(B, J)``; returns: ``(B, J)``
     """
-    return sample_z(mu, logvar, _draw(torch.randn, mu.shape, generator, mu))
+    return sample_z(mu, logvar, draw_on(torch.randn, mu.shape, generator, mu))
 
 
 def elbo(
@@ -179,7 +179,7 @@ class VAE(nn.Module):
     def draw_eps(self, x: torch.Tensor) -> torch.Tensor:
         """``eps ~ N(0, I)`` of shape ``(B, J)`` from :attr:`generator`, in ``x``'s dtype and
         on its device (drawn on the generator's)."""
-        return _draw(
+        return draw_on(
             torch.randn, torch.Size((x.shape[0], self.config.latent_dim)), self.generator, x
         )
 
