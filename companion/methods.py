@@ -214,8 +214,8 @@ papers use LARS or SGD with warm-up on ImageNet-sized batches)."""
 METRIC_CPU = {"train_ways": 20, "train_queries": 5, "meta_batch": 1, "schedule": "cosine",
               "rotations": True}
 """The 5-minute recipe of the metric learners (``bench/omniglot_table.py``): 20-way training
-(Snell et al., sec. 3.1, "higher way in training than at test"; their 60-way costs 3.8x more
-per step, too much for 5 minutes), 5 queries per class, one episode per step, a cosine
+(Snell et al., sec. 3.1, "higher way in training than at test"; their 60-way costs several
+times more per step, too much for 5 minutes), 5 queries per class, one episode per step, a cosine
 decay to 0 and the rotated characters as new classes (Santoro et al., 2016; Vinyals et al.,
 2016)."""
 GRADIENT_CPU = {"train_queries": 1, "meta_batch": 8, "rotations": True,
