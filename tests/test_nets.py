@@ -398,9 +398,8 @@ def test_second_order_matches_autograd_and_differs_from_first_order():
     assert gap > 1e-3, f"second-order meta-gradient equals first-order (gap {gap})"
 
 
-@pytest.mark.xfail(
-    reason="torch 2.13: nn.BatchNorm2d, grad of a vmap over shared params", strict=True
-)
+@pytest.mark.xfail(strict=True,
+                   reason="torch 2.13: nn.BatchNorm2d, grad of a vmap over shared params")
 def test_torch_batchnorm2d_vmap_second_order():
     # Documents why BatchNorm exists. Strict: an XPASS fails the suite, which means PyTorch
     # fixed it and the module docstring's reason for BatchNorm needs revisiting.
