@@ -53,6 +53,7 @@ from companion.data.batches import ImageBatchSampler
 from companion.evaluate import EvalResult, embed, knn_probe, linear_probe, split_per_class
 from companion.profiles import PROFILE_NAMES, Profile, get_profile
 from companion.protocols import generators_of
+from companion.tasks import TASKS
 from companion.train import (
     CHECKPOINT,
     OPTIMIZERS,
@@ -180,9 +181,18 @@ def _evaluate(learner: torch.nn.Module, sampler: EpisodeSampler, episodes: int, 
 
 
 def _recipe(args: argparse.Namespace, method: methods.Method, profile: Profile) -> dict[str, Any]:
-    """The run's settings: a flag wins over the method's preset for the profile, which wins
-    over the method's training defaults (and, for what neither sets, the profile)."""
+    """The run's settings: a flag wins over the task source's preset for the profile, then
+    the method's, then the method's training defaults (and, for what none sets, the
+    profile)."""
     preset = method.preset(profile.name)
+    if args.tasks != "labels":
+        tasks = TASKS[args.tasks].preset(profile.name)
+        options = {**tasks.pop("options", {}), **dict(args.task_set)}
+        preset = {**preset, **tasks, "set": {**preset.get("set", {}), **tasks.get("set", {})}}
+    else:
+        if args.task_set:
+            raise ValueError("--task-set sets an option of a task source; give --tasks too")
+        options = {}
     flags = {"steps": args.steps, "meta_batch": args.meta_batch, "lr": args.lr,
              "optimizer": args.optimizer, "schedule": args.schedule,
              "train_ways": args.train_ways, "train_shots": args.train_shots,
@@ -193,6 +203,7 @@ def _recipe(args: argparse.Namespace, method: methods.Method, profile: Profile) 
     recipe.setdefault("train_shots", args.shots)
     recipe.setdefault("train_queries", args.queries)
     recipe.setdefault("rotations", False)
+    recipe["options"] = options
     if args.dataset != "omniglot":  # rotations are Omniglot's extra classes
         if args.rotations:
             raise ValueError(f"--rotations applies to omniglot only; got --dataset {args.dataset}")
@@ -219,22 +230,29 @@ def _train(args: argparse.Namespace) -> int:
             "queries": args.queries, "train_ways": recipe["train_ways"],
             "train_shots": recipe["train_shots"], "train_queries": recipe["train_queries"],
             "image_size": profile.image_size, "rotations": recipe["rotations"],
-            "glyph_alphabets": profile.glyph_alphabets, "seed": args.seed}
+            "glyph_alphabets": profile.glyph_alphabets, "seed": args.seed,
+            "tasks": args.tasks, "task_options": recipe["options"], "encoder": args.encoder}
     images = method.trains_on == "images"
     train_set = _load(data, train_split, args.root, training=True)
     if args.train_ways is None and data["train_ways"] > train_set.num_classes:
         data["train_ways"] = train_set.num_classes  # a preset's higher way, on a small set
+    encoder = _encoder(args.encoder) if args.encoder else None
     if images:  # unlabeled batches; the episodes below test the few-shot probe
+        if args.tasks != "labels":
+            raise ValueError(f"--tasks {args.tasks} makes few-shot tasks for a meta-learner; "
+                             f"{method.name} trains on unlabeled images (drop --tasks)")
         train = ImageBatchSampler(train_set, seed=args.seed)
-    else:
+    elif args.tasks == "labels":
         train = _check_ways(EpisodeSampler(train_set, data["train_ways"], data["train_shots"],
                                            data["train_queries"], seed=args.seed))
+    else:
+        train = _task_source(args.tasks, train_set, data, encoder, recipe["options"], args)
     val = _sampler(data, val_split, args.root, seed=args.seed) if val_split else None
     test = None if args.no_eval else _sampler(data, test_split, args.root, seed=args.seed)
 
     batch = recipe.get("meta_batch") or (method.batch(profile.batch_size) if images
                                          else profile.meta_batch)
-    steps = recipe.get("steps") or method.default_steps(profile, len(train.dataset))
+    steps = recipe.get("steps") or method.default_steps(profile, len(train_set))
     every = args.val_every or max(1, steps // 5)
     loop = {k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__}
     config = TrainConfig(**{**loop, "steps": steps, "meta_batch": batch,
@@ -244,11 +262,13 @@ def _train(args: argparse.Namespace) -> int:
                             "device": args.device, "amp": args.amp})
     learner_spec = {"method": method.name, "ways": data["train_ways"],
                     "image_size": profile.image_size,
-                    "in_channels": train.dataset.image_shape[0],
+                    "in_channels": train_set.image_shape[0],
                     "width": args.width or profile.width, "seed": args.seed, **recipe["set"]}
     with torch.random.fork_rng(devices=[]):  # the initial weights follow --seed
         torch.manual_seed(args.seed)
         learner = methods.build_learner(**learner_spec)
+    if encoder is not None:  # start from a trained encoder (a checkpoint in --out wins)
+        methods.load_encoder(methods.encoder_of(learner), encoder)
     out = Path(args.out or Path("runs") / f"{args.method}-{args.dataset}-{args.ways}w{args.shots}s")
     result = fit(learner, train, config, val_sampler=val, out_dir=out, resume=not args.restart,
                  progress=not args.quiet, spec={"learner": learner_spec, "data": data})
@@ -266,17 +286,51 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    path = Path(args.checkpoint)
+def _encoder(path: str) -> torch.nn.Module:
+    """The encoder of the checkpoint at ``path`` (any method's), with its trained weights."""
+    return methods.encoder_of(methods.learner_from_checkpoint(_checkpoint(path)))
+
+
+def _task_source(name: str, train_set: ImageDataset, data: dict[str, Any],
+                 encoder: torch.nn.Module | None, options: dict[str, Any],
+                 args: argparse.Namespace) -> Any:
+    """Training tasks made from ``train_set``'s images alone (its labels stay unread)."""
+    entry = TASKS[name]
+    embeddings = None
+    if entry.needs_encoder:
+        if encoder is None:
+            raise ValueError(f"--tasks {name} clusters the features of a trained encoder; give "
+                             "--encoder CHECKPOINT (e.g. a simclr run's checkpoint.pt)")
+        embeddings = embed(encoder.to(resolve_device(args.device)), train_set.images).cpu()
+    try:
+        source = entry.build(train_set.images, embeddings, data["train_ways"],
+                             data["train_shots"], data["train_queries"], args.seed, **options)
+    except TypeError as err:  # an option the source does not take
+        raise ValueError(f"--tasks {name}: {err}") from err
+    if source.ways < 2:
+        raise ValueError(f"--train-ways must be at least 2; got {source.ways}")
+    return source
+
+
+def _checkpoint(path_text: str) -> dict[str, Any]:
+    """A checkpoint of ``train`` (a clear ``ValueError`` for anything else)."""
+    path = Path(path_text)
     if not path.is_file():
         raise ValueError(f"no checkpoint at {path}")
     try:
         state = load_checkpoint(path)
-        learner_spec, data = state["spec"]["learner"], state["spec"]["data"]
+        state["spec"]["learner"], state["spec"]["data"]
     except Exception as err:  # not a torch file, or not one `train` wrote
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ValueError(f"{path} is not a checkpoint written by `python -m companion train` "
                          f"({type(err).__name__}: {first_line})") from err
+    return state
+
+
+def _eval(args: argparse.Namespace) -> int:
+    path = Path(args.checkpoint)
+    state = _checkpoint(args.checkpoint)
+    learner_spec, data = state["spec"]["learner"], state["spec"]["data"]
     method = methods.get(learner_spec["method"])
     learner_spec = {**learner_spec, **_config_overrides(method.name, args.set)}
     changed = {k: getattr(args, k) for k in ("dataset", "ways", "shots", "queries")
@@ -399,6 +453,19 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--lr", type=float, default=None, help="the outer learning rate")
     recipe.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
     recipe.add_argument("--schedule", choices=SCHEDULES, default=None)
+    combos = train.add_argument_group(
+        "tasks without labels (chapter 6)", "a meta-learner trained on tasks made from the "
+        "training images alone; their labels are never read")
+    combos.add_argument("--tasks", choices=("labels", *TASKS), default="labels",
+                        help="labels: human labels (default); " + "; ".join(
+                            f"{e.name}: {e.summary}" for e in TASKS.values()))
+    combos.add_argument("--task-set", type=_assignment, action="append", default=[],
+                        metavar="OPTION=VALUE",
+                        help="an option of the task source (repeatable), e.g. clusters=500 "
+                             "for cactus")
+    combos.add_argument("--encoder", default=None, metavar="CHECKPOINT",
+                        help="start the encoder from the one in this checkpoint (any method's, "
+                             "same --width); cactus also clusters its features")
     train.add_argument("--width", type=_positive, default=None,
                        help="filters per Conv-4 block (default: the profile's)")
     train.add_argument("--val-every", type=_positive, default=None)

@@ -396,3 +396,60 @@ def build_learner(method: str, *, ways: int, image_size: int, in_channels: int, 
                 check_int("in_channels", in_channels), check_int("width", width), seed)
     shaped = entry.arch_fields(arch) if entry.arch_fields else {}
     return entry.build(entry.config(**{**entry.defaults, **shaped, **fields}), arch)
+
+
+# ---- encoders: what one method trained, another starts from -----------------------------------
+
+def encoder_of(learner: nn.Module) -> nn.Module:
+    """The image encoder (images ``(B, C, H, W)`` -> features ``(B, D)``) of a learner that
+    :func:`build_learner` made: a metric learner's or a self-supervised method's
+    ``encoder``, or the body before the head of MAML's and Reptile's classifier.
+
+    Raises:
+        ValueError: the learner has no separable encoder.
+    """
+    classifier = getattr(learner, "model", None) or getattr(learner, "net", None)
+    if isinstance(classifier, nn.Sequential) and len(classifier) == 2:
+        return classifier[0]  # conv4_classifier: (body, head)
+    encoder = getattr(learner, "encoder", None)
+    if isinstance(encoder, nn.Module):
+        return encoder
+    raise ValueError(f"{type(learner).__name__} has no image encoder to take")
+
+
+def learner_from_checkpoint(state: Mapping[str, Any]) -> nn.Module:
+    """The learner a checkpoint of ``python -m companion train`` holds, rebuilt from its spec
+    with the trained weights (``state`` from :func:`companion.train.load_checkpoint`)."""
+    learner = build_learner(**state["spec"]["learner"])
+    learner.load_state_dict(state["model"])
+    return learner
+
+
+def load_encoder(target: nn.Module, source: nn.Module) -> None:
+    """Copy the weights of encoder ``source`` into encoder ``target`` (same architecture).
+
+    Parameters must match one to one, by name and shape. Batch-norm running statistics are
+    copied where both keep them and skipped where only one does (a self-supervised encoder
+    keeps them, a meta-learner's transductive batch norm does not).
+
+    Raises:
+        ValueError: a parameter is missing on either side or has another shape (say, another
+            ``--width``).
+    """
+    mine, theirs = dict(target.named_parameters()), dict(source.named_parameters())
+    if mine.keys() != theirs.keys():
+        raise ValueError(f"the encoders differ: parameters only here "
+                         f"{sorted(mine.keys() - theirs.keys())}, only in the checkpoint "
+                         f"{sorted(theirs.keys() - mine.keys())}")
+    for name, p in mine.items():
+        if p.shape != theirs[name].shape:
+            raise ValueError(f"the encoders differ in {name}: {tuple(p.shape)} here, "
+                             f"{tuple(theirs[name].shape)} in the checkpoint (same --width "
+                             "and image channels?)")
+    buffers = dict(source.named_buffers())
+    with torch.no_grad():
+        for name, p in mine.items():
+            p.copy_(theirs[name])
+        for name, b in target.named_buffers():
+            if name in buffers and buffers[name].shape == b.shape:
+                b.copy_(buffers[name])

@@ -1,0 +1,77 @@
+"""The command line's tasks without labels (``--tasks``) and trained encoders (``--encoder``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from companion import methods
+from companion.__main__ import main
+from companion.tasks import CACTUs, UMTRA
+from tests.test_cli import planned_run
+
+SMOKE = ["--dataset", "digits", "--profile", "smoke", "--quiet", "--width", "4"]
+
+
+@pytest.fixture(scope="module")
+def simclr_checkpoint(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("simclr")
+    assert main(["train", "simclr", *SMOKE, "--steps", "2", "--no-eval", "--out", str(out)]) == 0
+    return str(out / "checkpoint.pt")
+
+
+def test_umtra_trains_a_meta_learner_and_says_so_in_the_spec(monkeypatch):
+    run = planned_run(["train", "protonet", "--tasks", "umtra", *SMOKE, "--no-eval",
+                       "--task-set", "augment_support=True"], monkeypatch)
+    assert isinstance(run["train"], UMTRA) and run["train"].augment_support
+    data = run["spec"]["data"]
+    assert (data["tasks"], data["task_options"], data["encoder"]) == (
+        "umtra", {"augment_support": True}, None)
+
+
+def test_cactus_clusters_the_encoders_features_and_starts_from_its_weights(
+        simclr_checkpoint, monkeypatch):
+    run = planned_run(["train", "protonet", "--tasks", "cactus", "--encoder", simclr_checkpoint,
+                       "--task-set", "clusters=20", "--task-set", "partitions=2", *SMOKE,
+                       "--no-eval"], monkeypatch)
+    source = run["train"]
+    assert isinstance(source, CACTUs) and len(source.partitions) == 2
+    trained = methods.encoder_of(methods.learner_from_checkpoint(
+        torch.load(simclr_checkpoint, weights_only=True)))
+    start = methods.encoder_of(run["learner"])
+    for (name, p), q in zip(start.named_parameters(), trained.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    assert run["spec"]["data"]["encoder"] == simclr_checkpoint
+
+
+def test_a_cactus_run_trains_and_evaluates_end_to_end(simclr_checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "maml", "--tasks", "cactus", "--encoder", simclr_checkpoint,
+                 "--task-set", "clusters=20", "--task-set", "partitions=1", *SMOKE,
+                 "--steps", "2", "--meta-batch", "2", "--episodes", "4", "--out", str(out)]) == 0
+    assert "accuracy = " in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["method"] == "maml"
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--episodes", "4",
+                 "--quiet"]) == 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "protonet", "--tasks", "cactus"], "--tasks cactus clusters the features of a "
+                                                 "trained encoder; give --encoder CHECKPOINT"),
+    (["train", "simclr", "--tasks", "umtra"], "simclr trains on unlabeled images (drop --tasks)"),
+    (["train", "protonet", "--task-set", "clusters=3"], "give --tasks too"),
+    (["train", "protonet", "--tasks", "umtra", "--task-set", "clusterz=3"],
+     "--tasks umtra: "),
+    (["train", "protonet", "--encoder", "nowhere.pt"], "no checkpoint at nowhere.pt"),
+])
+def test_bad_task_requests_exit_2(argv, message, capsys):
+    assert main([*argv, *SMOKE]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_an_encoder_of_another_width_is_refused(simclr_checkpoint, capsys):
+    assert main(["train", "protonet", "--encoder", simclr_checkpoint, *SMOKE[:-1], "8"]) == 2
+    assert "the encoders differ in " in capsys.readouterr().err
