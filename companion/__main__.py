@@ -53,7 +53,9 @@ from companion.data.batches import ImageBatchSampler
 from companion.evaluate import EvalResult, embed, knn_probe, linear_probe, split_per_class
 from companion.profiles import PROFILE_NAMES, Profile, get_profile
 from companion.protocols import generators_of
+from companion.ssl.vae import VAE
 from companion.tasks import TASKS
+from companion.tasks.mixture import Mixture, pooled
 from companion.train import (
     CHECKPOINT,
     OPTIMIZERS,
@@ -92,6 +94,15 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be zero or more; got {value}")
     return value
+
+
+def _datasets(text: str) -> list[str]:
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected datasets among {', '.join(DATASETS)}, "
+                                         f"comma-separated; got {text!r}")
+    return names
 
 
 def _assignment(text: str) -> tuple[str, Any]:
@@ -190,8 +201,9 @@ def _recipe(args: argparse.Namespace, method: methods.Method, profile: Profile) 
         options = {**tasks.pop("options", {}), **dict(args.task_set)}
         preset = {**preset, **tasks, "set": {**preset.get("set", {}), **tasks.get("set", {})}}
     else:
-        if args.task_set:
-            raise ValueError("--task-set sets an option of a task source; give --tasks too")
+        if args.task_set or args.unlabeled or args.generator:
+            raise ValueError("--task-set, --unlabeled and --generator shape tasks made without "
+                             "labels; give --tasks too")
         options = {}
     flags = {"steps": args.steps, "meta_batch": args.meta_batch, "lr": args.lr,
              "optimizer": args.optimizer, "schedule": args.schedule,
@@ -231,7 +243,8 @@ def _train(args: argparse.Namespace) -> int:
             "train_shots": recipe["train_shots"], "train_queries": recipe["train_queries"],
             "image_size": profile.image_size, "rotations": recipe["rotations"],
             "glyph_alphabets": profile.glyph_alphabets, "seed": args.seed,
-            "tasks": args.tasks, "task_options": recipe["options"], "encoder": args.encoder}
+            "tasks": args.tasks, "task_options": recipe["options"], "encoder": args.encoder,
+            "unlabeled": args.unlabeled, "mix": args.mix, "generator": args.generator}
     images = method.trains_on == "images"
     train_set = _load(data, train_split, args.root, training=True)
     if args.train_ways is None and data["train_ways"] > train_set.num_classes:
@@ -294,19 +307,43 @@ def _encoder(path: str) -> torch.nn.Module:
 def _task_source(name: str, train_set: ImageDataset, data: dict[str, Any],
                  encoder: torch.nn.Module | None, options: dict[str, Any],
                  args: argparse.Namespace) -> Any:
-    """Training tasks made from ``train_set``'s images alone (its labels stay unread)."""
+    """Training tasks made from the images of ``train_set`` and of the ``--unlabeled``
+    datasets' training splits (no label of any of them is read)."""
     entry = TASKS[name]
-    embeddings = None
-    if entry.needs_encoder:
-        if encoder is None:
-            raise ValueError(f"--tasks {name} clusters the features of a trained encoder; give "
-                             "--encoder CHECKPOINT (e.g. a simclr run's checkpoint.pt)")
-        embeddings = embed(encoder.to(resolve_device(args.device)), train_set.images).cpu()
-    try:
-        source = entry.build(train_set.images, embeddings, data["train_ways"],
-                             data["train_shots"], data["train_queries"], args.seed, **options)
-    except TypeError as err:  # an option the source does not take
-        raise ValueError(f"--tasks {name}: {err}") from err
+    if entry.needs == "encoder" and encoder is None:
+        raise ValueError(f"--tasks {name} clusters the features of a trained encoder; give "
+                         "--encoder CHECKPOINT (e.g. a simclr run's checkpoint.pt)")
+    context: dict[str, Any] = {}
+    if entry.needs == "generator":
+        if not data["generator"]:
+            raise ValueError(f"--tasks {name} samples a generative model; give --generator "
+                             "CHECKPOINT (a vae run's checkpoint.pt)")
+        vae = getattr(methods.learner_from_checkpoint(_checkpoint(data["generator"])), "method",
+                      None)
+        if not isinstance(vae, VAE):
+            raise ValueError(f"--generator {data['generator']} is not a vae checkpoint; --tasks "
+                             f"{name} needs one")
+        context["vae"] = vae
+    pools = {data["dataset"]: train_set.images}
+    for extra in data["unlabeled"]:
+        if extra in pools:
+            raise ValueError(f"--unlabeled {extra} is already the training dataset")
+        pools[extra] = load_dataset(extra, SPLITS[extra][0], root=args.root,
+                                    image_size=data["image_size"]).images
+    if data["mix"] == "pool":
+        pools = {"pool": pooled(list(pools.values()))}
+
+    def build(images: torch.Tensor, seed: int) -> Any:
+        if entry.needs == "encoder":
+            context["embeddings"] = embed(encoder.to(resolve_device(args.device)), images).cpu()
+        try:
+            return entry.build(images, data["train_ways"], data["train_shots"],
+                               data["train_queries"], seed, **context, **options)
+        except TypeError as err:  # an option the source does not take
+            raise ValueError(f"--tasks {name}: {err}") from err
+
+    sources = {key: build(images, args.seed + i) for i, (key, images) in enumerate(pools.items())}
+    source = sources.popitem()[1] if len(sources) == 1 else Mixture(sources, seed=args.seed)
     if source.ways < 2:
         raise ValueError(f"--train-ways must be at least 2; got {source.ways}")
     return source
@@ -463,6 +500,14 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="OPTION=VALUE",
                         help="an option of the task source (repeatable), e.g. clusters=500 "
                              "for cactus")
+    combos.add_argument("--generator", default=None, metavar="CHECKPOINT",
+                        help="lasium: the vae run whose latent space the tasks are drawn from")
+    combos.add_argument("--unlabeled", type=_datasets, default=[], metavar="DATASET[,DATASET]",
+                        help="more unlabeled images for --tasks: these datasets' training "
+                             "splits, resized to the profile's image size")
+    combos.add_argument("--mix", choices=("task", "pool"), default="task",
+                        help="with --unlabeled: each task from one dataset, drawn with equal "
+                             "probability (task, default), or all images in one pool (pool)")
     combos.add_argument("--encoder", default=None, metavar="CHECKPOINT",
                         help="start the encoder from the one in this checkpoint (any method's, "
                              "same --width); cactus also clusters its features")

@@ -9,7 +9,7 @@ import torch
 
 from companion import methods
 from companion.__main__ import main
-from companion.tasks import CACTUs, UMTRA
+from companion.tasks import LASIUM, CACTUs, UMTRA
 from tests.test_cli import planned_run
 
 SMOKE = ["--dataset", "digits", "--profile", "smoke", "--quiet", "--width", "4"]
@@ -75,3 +75,30 @@ def test_bad_task_requests_exit_2(argv, message, capsys):
 def test_an_encoder_of_another_width_is_refused(simclr_checkpoint, capsys):
     assert main(["train", "protonet", "--encoder", simclr_checkpoint, *SMOKE[:-1], "8"]) == 2
     assert "the encoders differ in " in capsys.readouterr().err
+
+
+def test_unlabeled_adds_sources_per_task_or_pooled(monkeypatch):
+    argv = ["train", "protonet", "--tasks", "umtra", "--unlabeled", "glyphs", *SMOKE,
+            "--no-eval"]
+    per_task = planned_run(argv, monkeypatch)
+    assert set(per_task["train"].sources) == {"digits", "glyphs"}
+    assert per_task["spec"]["data"]["unlabeled"] == ["glyphs"]
+    pool = planned_run([*argv, "--mix", "pool"], monkeypatch)["train"]
+    assert isinstance(pool, UMTRA) and len(pool.images) == 901 + 19380  # digits + glyphs train
+
+
+def test_lasium_draws_tasks_from_a_vae_checkpoint(simclr_checkpoint, tmp_path, monkeypatch,
+                                                  capsys):
+    vae = tmp_path / "vae"
+    assert main(["train", "vae", *SMOKE, "--steps", "2", "--no-eval", "--out", str(vae)]) == 0
+    run = planned_run(["train", "protonet", "--tasks", "lasium", "--generator",
+                       str(vae / "checkpoint.pt"), "--task-set", "variant='oc'", *SMOKE,
+                       "--no-eval"], monkeypatch)
+    source = run["train"]
+    assert isinstance(source, LASIUM) and source.variant == "oc"
+    assert source.anchors.shape == (901, 20)  # one code per digits/train image
+    batch = source.sample_batch(2)
+    assert batch.support_x.shape[-3:] == (1, 28, 28) and 0 <= batch.support_x.min()
+    assert main(["train", "protonet", "--tasks", "lasium", "--generator", simclr_checkpoint,
+                 *SMOKE]) == 2
+    assert "is not a vae checkpoint" in capsys.readouterr().err
