@@ -70,6 +70,7 @@ from companion.ssl.moco import MoCo, MoCoConfig
 from companion.ssl.pretext import RotationConfig, RotationPrediction
 from companion.ssl.simclr import SimCLR, SimCLRConfig
 from companion.ssl.vae import VAE, VAEConfig
+from companion.tasks.psco import PsCo, PsCoConfig
 
 TRAINS_ON = ("episodes", "images")
 EPISODE_KEYS = ("train_ways", "train_shots", "train_queries")
@@ -329,6 +330,12 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            _mae, "images", SSL_OPTIMISER,
            arch_fields=lambda a: {"image_size": a.image_size, "channels": a.in_channels},
            presets={"cpu": _ssl_cpu(1_800, norm_pix_loss=True)}),
+    # PsCo: chapter 6's meta-learning without labels that makes its own N-way K-shot task
+    # from a MoCo queue at every step; it trains on unlabeled images like chapter 5's methods.
+    Method("psco", "PsCo: pseudo-labelled few-shot tasks from a queue (Jang et al., 2023)",
+           PsCoConfig, _self_supervised(lambda c, a, e, f, g: PsCo(e, f, c, generator=g),
+                                        augmented=True),
+           "images", SSL_OPTIMISER, presets={"cpu": _ssl_cpu(440)}),
     Method("rotation", "rotation prediction (Gidaris et al., 2018)", RotationConfig,
            _self_supervised(lambda c, a, e, f, g: RotationPrediction(e, f, c), augmented=True),
            "images", SSL_OPTIMISER, images_per_example=4,

@@ -25,6 +25,7 @@ from companion.ssl.mae import MAE, MAEConfig
 from companion.ssl.moco import MoCo, MoCoConfig
 from companion.ssl.pretext import RotationPrediction
 from companion.ssl.simclr import SimCLR, SimCLRConfig
+from companion.tasks.psco import PsCo, PsCoConfig
 from companion.ssl.vae import VAE, VAEConfig
 
 TASKS, BATCH = 3, 6  # the vmapped axis: 3 independent batches of 6 images
@@ -80,6 +81,11 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple[torch.Tensor,
             MoCoConfig(queue_size=8, hidden_dim=8, out_dim=4, symmetric=True),
             generator=seeded(0),
         ),
+        lambda: (images(1), images(2)),
+    ),
+    "psco": (
+        lambda: PsCo(tiny_encoder(), 6, PsCoConfig(shots=2, queue_size=8, hidden_dim=8,
+                                                   out_dim=4), generator=seeded(0)),
         lambda: (images(1), images(2)),
     ),
     "byol": (
