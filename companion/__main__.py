@@ -96,6 +96,15 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _aux_weight(text: str) -> float | str:
+    if text == "meta":
+        return text
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number or 'meta'; got {text}")
+    return value
+
+
 def _datasets(text: str) -> list[str]:
     names = [n for n in text.split(",") if n]
     unknown = [n for n in names if n not in DATASETS]
@@ -197,7 +206,7 @@ def _recipe(args: argparse.Namespace, method: methods.Method, profile: Profile) 
     profile)."""
     preset = method.preset(profile.name)
     if args.tasks != "labels":
-        tasks = TASKS[args.tasks].preset(profile.name)
+        tasks = TASKS[args.tasks].preset(profile.name, method.name)
         options = {**tasks.pop("options", {}), **dict(args.task_set)}
         preset = {**preset, **tasks, "set": {**preset.get("set", {}), **tasks.get("set", {})}}
     else:
@@ -277,6 +286,8 @@ def _train(args: argparse.Namespace) -> int:
                     "image_size": profile.image_size,
                     "in_channels": train_set.image_shape[0],
                     "width": args.width or profile.width, "seed": args.seed, **recipe["set"]}
+    if args.aux:  # a self-supervised loss beside the episodic one (chapters 7 and 8)
+        learner_spec.update(aux=args.aux, aux_weight=args.aux_weight)
     with torch.random.fork_rng(devices=[]):  # the initial weights follow --seed
         torch.manual_seed(args.seed)
         learner = methods.build_learner(**learner_spec)
@@ -508,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     combos.add_argument("--mix", choices=("task", "pool"), default="task",
                         help="with --unlabeled: each task from one dataset, drawn with equal "
                              "probability (task, default), or all images in one pool (pool)")
+    combos.add_argument("--aux", choices=methods.AUXILIARIES, default=None,
+                        help="add a self-supervised loss on the learner's encoder (chapter 8)")
+    combos.add_argument("--aux-weight", type=_aux_weight, default=1.0, metavar="WEIGHT|meta",
+                        help="its weight, or 'meta' to meta-learn it (chapter 7; default 1)")
     combos.add_argument("--encoder", default=None, metavar="CHECKPOINT",
                         help="start the encoder from the one in this checkpoint (any method's, "
                              "same --width); cactus also clusters its features")

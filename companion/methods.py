@@ -49,6 +49,7 @@ from torch import nn
 
 from companion.checks import check_choice, check_int
 from companion.data.augment import AugmentConfig
+from companion.guided.ssl_aux import WithAuxiliary
 from companion.meta.maml import MAML, MAMLConfig, ProtoMAML
 from companion.meta.matching import MatchingConfig, MatchingNet
 from companion.meta.protonet import ProtoNet, ProtoNetConfig
@@ -369,8 +370,13 @@ def check_config_fields(method: str, fields: Mapping[str, Any]) -> None:
                          "learning rate and steps are flags: --lr, --steps, --meta-batch, ...)")
 
 
+AUXILIARIES = ("rotation",)
+"""Self-supervised losses that can join an episodic learner (``build_learner(aux=...)``)."""
+
+
 def build_learner(method: str, *, ways: int, image_size: int, in_channels: int, width: int,
-                  seed: int = 0, **fields: Any) -> nn.Module:
+                  seed: int = 0, aux: str | None = None, aux_weight: float | str = 1.0,
+                  **fields: Any) -> nn.Module:
     """A fresh learner for ``method`` on ``ways``-way episodes of ``image_size`` images.
 
     Its keyword arguments are plain data, which is why a checkpoint can store them and
@@ -384,10 +390,14 @@ def build_learner(method: str, *, ways: int, image_size: int, in_channels: int, 
         width: filters of every Conv-4 block (64 in the papers).
         seed: seed of the learner's own generator (Reptile's minibatches, the
             self-supervised methods' augmentations, noise and masks).
+        aux: a self-supervised loss to add on the learner's encoder (chapter 8,
+            :class:`~companion.guided.ssl_aux.WithAuxiliary`): ``"rotation"``; episodic
+            methods only.
+        aux_weight: its weight, a positive number or ``"meta"`` (meta-learned, chapter 7).
         **fields: fields of the method's config dataclass, over the entry's defaults.
 
     Raises:
-        ValueError: unknown ``method`` or config field.
+        ValueError: unknown ``method`` or config field, or an ``aux`` that cannot join it.
 
     Example:
         >>> learner = build_learner("protonet", ways=5, image_size=28, in_channels=1, width=8)
@@ -402,7 +412,16 @@ def build_learner(method: str, *, ways: int, image_size: int, in_channels: int, 
     arch = Arch(check_int("ways", ways), check_int("image_size", image_size),
                 check_int("in_channels", in_channels), check_int("width", width), seed)
     shaped = entry.arch_fields(arch) if entry.arch_fields else {}
-    return entry.build(entry.config(**{**entry.defaults, **shaped, **fields}), arch)
+    learner = entry.build(entry.config(**{**entry.defaults, **shaped, **fields}), arch)
+    if aux is None:
+        return learner
+    check_choice("aux", aux, AUXILIARIES)
+    if entry.trains_on != "episodes":
+        raise ValueError(f"an auxiliary loss joins an episodic learner; {method} trains on "
+                         "unlabeled images already")
+    encoder = encoder_of(learner)
+    rotation = RotationPrediction(encoder, encoder.out_features(image_size))
+    return WithAuxiliary(learner, rotation, aux_weight, seed=seed)
 
 
 # ---- encoders: what one method trained, another starts from -----------------------------------
@@ -415,6 +434,8 @@ def encoder_of(learner: nn.Module) -> nn.Module:
     Raises:
         ValueError: the learner has no separable encoder.
     """
+    if isinstance(learner, WithAuxiliary):
+        return learner.encoder
     classifier = getattr(learner, "model", None) or getattr(learner, "net", None)
     if isinstance(classifier, nn.Sequential) and len(classifier) == 2:
         return classifier[0]  # conv4_classifier: (body, head)

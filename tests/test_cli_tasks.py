@@ -9,6 +9,7 @@ import torch
 
 from companion import methods
 from companion.__main__ import main
+from companion.guided import WithAuxiliary
 from companion.tasks import LASIUM, CACTUs, UMTRA
 from tests.test_cli import planned_run
 
@@ -102,3 +103,23 @@ def test_lasium_draws_tasks_from_a_vae_checkpoint(simclr_checkpoint, tmp_path, m
     assert main(["train", "protonet", "--tasks", "lasium", "--generator", simclr_checkpoint,
                  *SMOKE]) == 2
     assert "is not a vae checkpoint" in capsys.readouterr().err
+
+
+def test_aux_weight_meta_plans_a_meta_learned_weight(monkeypatch):
+    run = planned_run(["train", "protonet", "--aux", "rotation", "--aux-weight", "meta", *SMOKE,
+                       "--no-eval"], monkeypatch)
+    assert isinstance(run["learner"], WithAuxiliary) and run["learner"].weight is not None
+    assert run["spec"]["learner"]["aux"] == "rotation"
+
+
+def test_aux_adds_a_self_supervised_loss_that_eval_rebuilds(tmp_path, capsys):
+    out = tmp_path / "aux"
+    assert main(["train", "protonet", "--aux", "rotation", "--aux-weight", "0.5", *SMOKE,
+                 "--steps", "2", "--episodes", "4", "--out", str(out)]) == 0
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--episodes", "4",
+                 "--quiet"]) == 0
+    assert "protonet on digits/test" in capsys.readouterr().out
+    assert main(["train", "simclr", "--aux", "rotation", *SMOKE]) == 2
+    assert "joins an episodic learner" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "protonet", "--aux-weight", "-1"])
