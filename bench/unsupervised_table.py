@@ -77,6 +77,9 @@ ROWS: dict[str, tuple[str, list[str], list[str]]] = {
     "umtra-mixed-pool": ("UMTRA on Omniglot + glyphs + digits in one pool", [],
                          ["protonet", "--tasks", "umtra", "--unlabeled", "glyphs,digits",
                           "--mix", "pool"]),
+    "umtra-protonet, support as is": ("UMTRA as in the paper: support images unaugmented",
+                                      [], ["protonet", "--tasks", "umtra", "--task-set",
+                                           "augment_support=False"]),
     "protonet (labels)": ("supervised ProtoNet, human labels", [], ["protonet"]),
     "maml (labels)": ("supervised MAML, human labels", [], ["maml"]),
 }

@@ -10,7 +10,7 @@ import torch
 from companion import methods
 from companion.__main__ import main
 from companion.guided import WithAuxiliary
-from companion.tasks import LASIUM, CACTUs, UMTRA
+from companion.tasks import LASIUM, UMTRA, CACTUs
 from tests.test_cli import planned_run
 
 SMOKE = ["--dataset", "digits", "--profile", "smoke", "--quiet", "--width", "4"]

@@ -67,15 +67,15 @@ def lookahead_hypergradient(params: Params, primary_a: Callable[[Params], torch.
 
     def gradient(loss: torch.Tensor, wrt: list[torch.Tensor]) -> list[torch.Tensor]:
         grads = torch.autograd.grad(loss, wrt, allow_unused=True)
-        return [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]
+        return [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt, strict=True)]
 
     g_pri = gradient(primary_a(params), tensors)
     g_aux = gradient(auxiliary_a(params), tensors)
     moved = {n: (t - step_size * (gp + weight * ga)).detach().requires_grad_(True)
-             for n, t, gp, ga in zip(names, tensors, g_pri, g_aux)}
+             for n, t, gp, ga in zip(names, tensors, g_pri, g_aux, strict=True)}
     loss_b = primary_b(moved)
     g_val = gradient(loss_b, [moved[n] for n in names])
-    dot = sum((gv * ga).sum() for gv, ga in zip(g_val, g_aux))
+    dot = sum((gv * ga).sum() for gv, ga in zip(g_val, g_aux, strict=True))
     norms = math.sqrt(float(sum(g.pow(2).sum() for g in g_val))) * math.sqrt(
         float(sum(g.pow(2).sum() for g in g_aux)))
     with torch.no_grad():

@@ -212,7 +212,8 @@ class MAXL(nn.Module):
         start = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         inner = self._multitask_loss(start, batch, target)
         grads = torch.autograd.grad(inner, list(start.values()), create_graph=True)
-        moved = {k: v - self.config.inner_lr * g for (k, v), g in zip(start.items(), grads)}
+        moved = {k: v - self.config.inner_lr * g
+                 for (k, v), g in zip(start.items(), grads, strict=True)}
         primary_after = self._multitask_loss(moved, batch, None)  # step 2: theta_2 only
         mean = target.mean(0)
         entropy = -(mean * torch.log(mean + 1e-12)).sum()

@@ -159,8 +159,8 @@ class CACTUs:
         self.queries = check_int("queries", queries)
         self.clusters = check_int("clusters", clusters)
         check_int("partitions", partitions)
-        if not isinstance(embeddings, torch.Tensor) or embeddings.shape[:1] != self.images.shape[:1] \
-                or embeddings.ndim != 2:
+        if (not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 2
+                or embeddings.shape[:1] != self.images.shape[:1]):
             raise ValueError(f"embeddings must be (M, D) with one row per image "
                              f"(M = {len(self.images)}); got "
                              f"{tuple(getattr(embeddings, 'shape', ()))}")
@@ -214,6 +214,7 @@ class CACTUs:
         """
         part = self.partitions[partition]
         labels = torch.full((len(self.images),), -1, dtype=torch.long)
-        for c, (start, size) in enumerate(zip(part.starts.tolist(), part.sizes.tolist())):
+        spans = zip(part.starts.tolist(), part.sizes.tolist(), strict=True)
+        for c, (start, size) in enumerate(spans):
             labels[part.members[start:start + size]] = c
         return labels

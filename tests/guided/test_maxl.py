@@ -59,7 +59,7 @@ def _reference(model: MAXL, batch: LabelledBatch):
     target = masked_softmax(logits, hierarchy_mask(batch.primary, K, PSI))
     g1 = torch.autograd.grad(multitask(theta1, target.detach()), theta1)
     grads = torch.autograd.grad(multitask(theta1, target), theta1, create_graph=True)
-    plus = [t - 0.3 * g for t, g in zip(theta1, grads)]
+    plus = [t - 0.3 * g for t, g in zip(theta1, grads, strict=True)]
     z = torch.tanh(batch.x @ plus[0].T + plus[1])
     mean = target.mean(0)
     meta = F.cross_entropy(z @ plus[2].T + plus[3], batch.primary) + 0.2 * (
@@ -75,10 +75,10 @@ def test_one_backward_gives_each_network_its_own_gradient():
     g1, g2 = _reference(model, batch)
     theta1 = [model.encoder[0].weight, model.encoder[0].bias, model.primary_head.weight,
               model.primary_head.bias, model.aux_head.weight, model.aux_head.bias]
-    for p, g in zip(theta1, g1):
+    for p, g in zip(theta1, g1, strict=True):
         torch.testing.assert_close(p.grad, g)
     theta2 = list(model.label_encoder.parameters()) + list(model.label_head.parameters())
-    for p, g in zip(theta2, g2):
+    for p, g in zip(theta2, g2, strict=True):
         torch.testing.assert_close(p.grad, g)
     assert any(g.abs().sum() > 0 for g in g2)  # the labels do get a meta-gradient
     assert set(logs) == {"loss", "accuracy", "meta_loss", "aux_entropy"}

@@ -10,8 +10,7 @@ import torch
 
 from companion import methods
 from companion.data import load_dataset
-from companion.data.episodes import TaskBatch
-from companion.data.episodes import EpisodeSampler
+from companion.data.episodes import EpisodeSampler, TaskBatch
 from companion.guided import WithAuxiliary
 from companion.guided.ssl_aux import halves
 from companion.ssl.pretext import RotationPrediction
@@ -65,7 +64,7 @@ def test_the_meta_weight_follows_the_finite_difference_of_the_held_out_loss(data
         loss = m.learner.meta_loss(a)[0] + lam * m.aux.loss(images)[0]
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         with torch.no_grad():
-            for p, g in zip(params, grads):
+            for p, g in zip(params, grads, strict=True):
                 if g is not None:
                     p -= 0.05 * g
             return float(m.learner.meta_loss(b)[0])

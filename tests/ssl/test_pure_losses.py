@@ -25,8 +25,8 @@ from companion.ssl.mae import MAE, MAEConfig
 from companion.ssl.moco import MoCo, MoCoConfig
 from companion.ssl.pretext import RotationPrediction
 from companion.ssl.simclr import SimCLR, SimCLRConfig
-from companion.tasks.psco import PsCo, PsCoConfig
 from companion.ssl.vae import VAE, VAEConfig
+from companion.tasks.psco import PsCo, PsCoConfig
 
 TASKS, BATCH = 3, 6  # the vmapped axis: 3 independent batches of 6 images
 SMALL_MAE = MAEConfig(

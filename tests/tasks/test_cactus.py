@@ -21,7 +21,7 @@ def test_kmeans_recovers_well_separated_blobs():
     z, truth = _blobs()
     _, assignment = kmeans(z, 5, generator=torch.Generator().manual_seed(0))
     # the same partition up to renaming: each true blob maps to one cluster, and back
-    pairs = set(zip(truth.tolist(), assignment.tolist()))
+    pairs = set(zip(truth.tolist(), assignment.tolist(), strict=True))
     assert len(pairs) == 5 and len({a for _, a in pairs}) == 5
 
 

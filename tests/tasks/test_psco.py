@@ -38,7 +38,7 @@ def test_pseudo_shots_are_the_top_k_of_the_assignment():
     scores = torch.randn(4, 9, generator=torch.Generator().manual_seed(1))
     index = pseudo_shots(scores, 3)
     assignment = sinkhorn(scores)
-    for row, chosen in zip(assignment, index):
+    for row, chosen in zip(assignment, index, strict=True):
         assert set(chosen.tolist()) == set(row.argsort(descending=True)[:3].tolist())
 
 

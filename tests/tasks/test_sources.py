@@ -14,9 +14,9 @@ from companion import methods
 from companion.data import load_dataset
 from companion.data.base import ImageDataset
 from companion.protocols import check_task_source
-from companion.tasks.pool import unlabeled_images
-from companion.tasks import LASIUM, TASKS, CACTUs, UMTRA
+from companion.tasks import LASIUM, TASKS, UMTRA, CACTUs
 from companion.tasks.mixture import Mixture
+from companion.tasks.pool import unlabeled_images
 from companion.train import TrainConfig, fit
 
 WAYS, SHOTS, QUERIES = 4, 1, 2
