@@ -96,6 +96,11 @@ CACTUS_CPU = {"train_queries": 5, "rotations": False,
 2,100 ProtoNet steps to leave them that time (bench/unsupervised_table.py records the
 whole stage's wall time)."""
 
+LASIUM_CPU = {"rotations": False, "methods": {"protonet": {"steps": 1_700}}}
+"""LASIUM's 5-minute recipe: the VAE decodes every image of every task, so a step costs
+about 40% more than a labelled one (2,700 steps took 376 s in bench/unsupervised_table.py);
+1,700 steps, and anchors from the 19,280 unrotated images."""
+
 TASKS: dict[str, TaskSourceEntry] = {e.name: e for e in (
     TaskSourceEntry("umtra", "random images as classes, augmentations as queries "
                     "(Khodadadeh et al., 2019)", _umtra,
@@ -106,6 +111,7 @@ TASKS: dict[str, TaskSourceEntry] = {e.name: e for e in (
                                        "options": {"clusters": 50, "partitions": 2}},
                              "cpu": CACTUS_CPU}),
     TaskSourceEntry("lasium", "neighbourhoods of anchors in a VAE's latent space "
-                    "(Khodadadeh et al., 2021)", _lasium, needs="generator"),
+                    "(Khodadadeh et al., 2021)", _lasium, needs="generator",
+                    presets={"smoke": {"train_queries": 5}, "cpu": LASIUM_CPU}),
 )}
 """Every task source of the command line, by name (``labels`` is the labelled default)."""
