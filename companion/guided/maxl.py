@@ -124,6 +124,12 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
+def _part(params: dict[str, torch.Tensor], module: str) -> dict[str, torch.Tensor]:
+    """The entries of one submodule, with its name and the dot removed."""
+    prefix = f"{module}."
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
 @dataclass(frozen=True)
 class MAXLConfig:
     """What defines MAXL and its two baselines (module docstring)."""
@@ -186,14 +192,12 @@ class MAXL(nn.Module):
 
     def _multitask_loss(self, params: dict[str, torch.Tensor], batch: LabelledBatch,
                         target: torch.Tensor | None) -> torch.Tensor:
-        z = functional_call(self.encoder, {k[len("encoder."):]: v for k, v in params.items()
-                                           if k.startswith("encoder.")}, (batch.x,))
-        head = {k[len("primary_head."):]: v for k, v in params.items()
-                if k.startswith("primary_head.")}
-        loss = F.cross_entropy(functional_call(self.primary_head, head, (z,)), batch.primary)
+        z = functional_call(self.encoder, _part(params, "encoder"), (batch.x,))
+        logits = functional_call(self.primary_head, _part(params, "primary_head"), (z,))
+        loss = F.cross_entropy(logits, batch.primary)
         if target is not None:
-            aux = {k[len("aux_head."):]: v for k, v in params.items() if k.startswith("aux_head.")}
-            loss = loss + soft_cross_entropy(functional_call(self.aux_head, aux, (z,)), target)
+            aux = functional_call(self.aux_head, _part(params, "aux_head"), (z,))
+            loss = loss + soft_cross_entropy(aux, target)
         return loss
 
     def meta_loss(self, batch: LabelledBatch) -> tuple[torch.Tensor, dict[str, float]]:
