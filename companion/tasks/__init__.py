@@ -12,7 +12,9 @@ A *task source* is anything with ``sample_batch(n) -> TaskBatch`` and ``generato
   classes (Hsu et al., 2019);
 - :class:`~companion.tasks.lasium.LASIUM`: classes are neighbourhoods of anchors in a
   generative model's latent space (Khodadadeh et al., 2021);
-- :class:`~companion.tasks.mixture.Mixture`: tasks from several unlabeled sources.
+- :class:`~companion.tasks.mixture.Mixture`: tasks from several unlabeled sources;
+- :class:`~companion.tasks.rotations.RotatedClasses`: any source's tasks with every class in
+  four rotations, as four classes (task augmentation, Ni et al., 2022; chapter 8).
 
 :data:`TASKS` is the command line's table (``python -m companion train protonet --tasks
 umtra``): one entry per source, read top to bottom, with its recipe per profile.
@@ -29,10 +31,11 @@ import torch
 from companion.tasks.cactus import CACTUs, kmeans
 from companion.tasks.lasium import LASIUM
 from companion.tasks.pool import unlabeled_images
+from companion.tasks.rotations import RotatedClasses, rotate_classes
 from companion.tasks.umtra import UMTRA
 
-__all__ = ["CACTUs", "LASIUM", "TASKS", "TaskSourceEntry", "UMTRA", "kmeans",
-           "unlabeled_images"]
+__all__ = ["CACTUs", "LASIUM", "RotatedClasses", "TASKS", "TaskSourceEntry", "UMTRA", "kmeans",
+           "rotate_classes", "unlabeled_images"]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from companion import methods
 from companion.data import load_dataset
 from companion.data.base import ImageDataset
 from companion.protocols import check_task_source
-from companion.tasks import LASIUM, TASKS, UMTRA, CACTUs
+from companion.tasks import LASIUM, TASKS, UMTRA, CACTUs, RotatedClasses
 from companion.tasks.mixture import Mixture
 from companion.tasks.pool import unlabeled_images
 from companion.train import TrainConfig, fit
@@ -49,6 +49,9 @@ BUILDERS: dict[str, Callable[..., object]] = {
         {"umtra": UMTRA(data, WAYS, SHOTS, QUERIES, seed=seed),
          "flipped": UMTRA(unlabeled_images(data).flip(-1), WAYS, SHOTS, QUERIES, seed=seed + 1)},
         seed=seed),
+    # one UMTRA image per task in four rotations: a WAYS = 4-way task (chapter 8)
+    "rotated": lambda data, seed: RotatedClasses(UMTRA(data, WAYS // 4, SHOTS, QUERIES,
+                                                       seed=seed)),
 }
 
 
