@@ -51,6 +51,7 @@ from companion.data import (
 )
 from companion.data.batches import ImageBatchSampler
 from companion.evaluate import EvalResult, embed, knn_probe, linear_probe, split_per_class
+from companion.guided.maxl import HierarchyBatches, hierarchy_split, primary_accuracy
 from companion.profiles import PROFILE_NAMES, Profile, get_profile
 from companion.protocols import generators_of
 from companion.ssl.vae import VAE
@@ -69,6 +70,8 @@ from companion.train import (
     write_metrics,
 )
 
+TRAINED_ON = {"images": "unlabeled images", "hierarchy": "images labelled twice (alphabet and "
+              "character)"}
 MAX_FIGURE_WAYS = 20  # rows of an episode PNG that stay readable
 MAX_FIGURE_COLUMNS = 20
 
@@ -255,24 +258,29 @@ def _train(args: argparse.Namespace) -> int:
             "tasks": args.tasks, "task_options": recipe["options"], "encoder": args.encoder,
             "unlabeled": args.unlabeled, "mix": args.mix, "generator": args.generator}
     images = method.trains_on == "images"
+    hierarchy = method.trains_on == "hierarchy"
     train_set = _load(data, train_split, args.root, training=True)
     if args.train_ways is None and data["train_ways"] > train_set.num_classes:
         data["train_ways"] = train_set.num_classes  # a preset's higher way, on a small set
     encoder = _encoder(args.encoder) if args.encoder else None
+    if (images or hierarchy) and args.tasks != "labels":
+        raise ValueError(f"--tasks {args.tasks} makes few-shot tasks for a meta-learner; "
+                         f"{method.name} trains on {TRAINED_ON[method.trains_on]} (drop "
+                         "--tasks)")
     if images:  # unlabeled batches; the episodes below test the few-shot probe
-        if args.tasks != "labels":
-            raise ValueError(f"--tasks {args.tasks} makes few-shot tasks for a meta-learner; "
-                             f"{method.name} trains on unlabeled images (drop --tasks)")
         train = ImageBatchSampler(train_set, seed=args.seed)
+    elif hierarchy:  # MAXL: alphabets of characters; tested on held-out drawings below
+        train, held_out = _hierarchy(method, train_set, recipe, data, args)
     elif args.tasks == "labels":
         train = _check_ways(EpisodeSampler(train_set, data["train_ways"], data["train_shots"],
                                            data["train_queries"], seed=args.seed))
     else:
         train = _task_source(args.tasks, train_set, data, encoder, recipe["options"], args)
     val = _sampler(data, val_split, args.root, seed=args.seed) if val_split else None
-    test = None if args.no_eval else _sampler(data, test_split, args.root, seed=args.seed)
+    test = None if args.no_eval or hierarchy else _sampler(data, test_split, args.root,
+                                                           seed=args.seed)
 
-    batch = recipe.get("meta_batch") or (method.batch(profile.batch_size) if images
+    batch = recipe.get("meta_batch") or (method.batch(profile.batch_size) if images or hierarchy
                                          else profile.meta_batch)
     steps = recipe.get("steps") or method.default_steps(profile, len(train_set))
     every = args.val_every or max(1, steps // 5)
@@ -285,7 +293,8 @@ def _train(args: argparse.Namespace) -> int:
     learner_spec = {"method": method.name, "ways": data["train_ways"],
                     "image_size": profile.image_size,
                     "in_channels": train_set.image_shape[0],
-                    "width": args.width or profile.width, "seed": args.seed, **recipe["set"]}
+                    "width": args.width or recipe.get("width") or profile.width,
+                    "seed": args.seed, **recipe["set"]}
     if args.aux:  # a self-supervised loss beside the episodic one (chapters 7 and 8)
         learner_spec.update(aux=args.aux, aux_weight=args.aux_weight)
     with torch.random.fork_rng(devices=[]):  # the initial weights follow --seed
@@ -301,12 +310,47 @@ def _train(args: argparse.Namespace) -> int:
           f"in {result.train_seconds:.1f} s" + (f"; best validation accuracy "
           f"{100 * best['accuracy']:.2f} % at step {best['step']}" if best else ""))
     print(f"saved {out / CHECKPOINT}")
+    if hierarchy and not args.no_eval:
+        return _primary_test(learner, train, held_out, result, out)
     if test is not None:
         episodes = args.episodes or profile.eval_episodes
         evaluation = _evaluate(learner, test, episodes, device=args.device, seed=args.seed,
                                quiet=args.quiet)
         write_metrics(out, result, evaluation, test)
         print(f"accuracy = {evaluation}")
+    return 0
+
+
+def _hierarchy(method: methods.Method, train_set: ImageDataset, recipe: dict[str, Any],
+               data: dict[str, Any], args: argparse.Namespace
+               ) -> tuple[HierarchyBatches, torch.Tensor]:
+    """MAXL's training batches (groups of ``psi`` classes, each class's first half of
+    images) and the held-out images its primary task is tested on."""
+    if data["dataset"] not in ("glyphs", "omniglot"):
+        raise ValueError(f"{method.name} needs classes grouped into alphabets: --dataset "
+                         f"glyphs or omniglot; got {data['dataset']}")
+    psi = recipe["set"].get("psi", method.config.psi)
+    subset, train_index, held_out = hierarchy_split(train_set, per_group=psi, groups=20)
+    if len(subset.groups.unique()) != subset.num_classes // psi or subset.num_classes < 2 * psi:
+        raise ValueError(f"{data['dataset']}/{data['train_split']} has no alphabets to "
+                         f"group its classes by (each class is its own group)")
+    data.update(train_ways=int(len(subset.groups.unique())), hierarchy_classes=psi,
+                hierarchy_groups=20)
+    return HierarchyBatches(subset, train_index, seed=args.seed), held_out
+
+
+def _primary_test(learner: torch.nn.Module, train: HierarchyBatches, held_out: torch.Tensor,
+                  result: TrainResult, out: Path) -> int:
+    """MAXL's test: the primary class (alphabet) of each held-out drawing."""
+    dataset = train.dataset
+    accuracy = primary_accuracy(learner, dataset, held_out)
+    ci95 = 1.96 * math.sqrt(accuracy * (1 - accuracy) / len(held_out))  # binomial
+    extra = {"probe": "primary", "classes": train.primary_classes,
+             "fine_classes": dataset.num_classes, "test_images": len(held_out),
+             "ways": None, "shots": None, "queries": None}
+    write_metrics(out, result, EvalResult(accuracy, ci95, 0, ()), extra=extra)
+    print(f"primary task on held-out drawings ({train.primary_classes} alphabets, "
+          f"{len(held_out)} images): accuracy = {100 * accuracy:.2f} +- {100 * ci95:.2f} %")
     return 0
 
 

@@ -123,3 +123,24 @@ def test_aux_adds_a_self_supervised_loss_that_eval_rebuilds(tmp_path, capsys):
     assert "joins an episodic learner" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "protonet", "--aux-weight", "-1"])
+
+
+def test_maxl_trains_on_alphabets_and_is_tested_on_held_out_drawings(tmp_path, capsys):
+    out = tmp_path / "maxl"
+    glyphs = ["--dataset", "glyphs", "--profile", "smoke", "--quiet", "--width", "4"]
+    assert main(["train", "maxl", *glyphs, "--steps", "2", "--meta-batch", "8",
+                 "--val-split", "none", "--out", str(out)]) == 0
+    assert "primary task on held-out drawings (4 alphabets, 200 images)" in (
+        capsys.readouterr().out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["probe"], metrics["classes"], metrics["fine_classes"]) == ("primary", 4, 20)
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["spec"]["learner"]["ways"] == 4
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--episodes", "4",
+                 "--quiet", "--out", str(tmp_path / "fewshot")]) == 0  # its encoder's probe
+    assert "maxl on glyphs/test, 5-way 1-shot" in capsys.readouterr().out
+    assert main(["train", "maxl", *glyphs, "--set", "labels='human'", "--steps", "1",
+                 "--meta-batch", "4", "--val-split", "none", "--out", str(tmp_path / "h")]) == 0
+    for argv, message in ((["--dataset", "digits"], "needs classes grouped into alphabets"),
+                          (["--tasks", "umtra"], "maxl trains on images labelled twice")):
+        assert main(["train", "maxl", *glyphs, *argv]) == 2
+        assert message in capsys.readouterr().err

@@ -14,6 +14,7 @@ import torch
 from companion import methods
 from companion.data import EpisodeSampler, load_dataset
 from companion.data.batches import ImageBatchSampler
+from companion.guided.maxl import HierarchyBatches, hierarchy_split
 from companion.profiles import PROFILES
 from companion.protocols import Learner, check_learner
 from companion.train import TrainConfig, evaluate_learner, fit
@@ -27,10 +28,15 @@ def _episodes(split: str, seed: int, ways: int = 5) -> EpisodeSampler:
     return EpisodeSampler(load_dataset("glyphs", split, **alphabets), ways, 1, 3, seed=seed)
 
 
-def _task_source(method: methods.Method) -> EpisodeSampler | ImageBatchSampler:
+def _task_source(method: methods.Method
+                 ) -> EpisodeSampler | ImageBatchSampler | HierarchyBatches:
     """What ``method`` trains on, as the registry says."""
     if method.trains_on == "images":
         return ImageBatchSampler(load_dataset("glyphs", "train", alphabets=2), seed=0)
+    if method.trains_on == "hierarchy":  # SMALL's 5 ways: 5 alphabets of 5 characters
+        glyphs = load_dataset("glyphs", "train", alphabets=SMALL["ways"], drawings=4)
+        subset, train, _ = hierarchy_split(glyphs, per_group=5)
+        return HierarchyBatches(subset, train, seed=0)
     return _episodes("train", 0)
 
 
@@ -94,7 +100,8 @@ def test_default_steps_and_batch_follow_the_profile() -> None:
 
 
 def test_the_split_by_training_data() -> None:
-    assert set(methods.names("episodes")) | set(methods.names("images")) == set(methods.METHODS)
+    assert set(methods.names("episodes")) | set(methods.names("images")) | set(
+        methods.names("hierarchy")) == set(methods.METHODS)
     with pytest.raises(ValueError, match="unknown trains_on 'labels'"):
         methods.names("labels")
 
@@ -112,8 +119,8 @@ def test_fit_and_evaluate_every_method(name: str, device: str, tmp_path) -> None
     method = methods.get(name)
     torch.manual_seed(0)
     learner = methods.build_learner(name, **SMALL)
-    config = TrainConfig(**method.training, steps=3, meta_batch=16 if method.trains_on ==
-                         "images" else 2, val_every=3, val_episodes=4, checkpoint_every=3,
+    config = TrainConfig(**method.training, steps=3, meta_batch=2 if method.trains_on ==
+                         "episodes" else 16, val_every=3, val_episodes=4, checkpoint_every=3,
                          device=device)
     before = {k: p.detach().clone() for k, p in learner.named_parameters()}
     result = fit(learner, _task_source(method), config, val_sampler=_episodes("val", 1),

@@ -31,9 +31,9 @@ backward pass gives :math:`\theta_1` exactly the gradient of step 1 and :math:`\
 exactly that of step 2 (the virtual step starts from a detached copy of :math:`\theta_1`;
 step 1 sees the labels detached); :func:`companion.train.fit` trains it like any learner.
 
-The same class trains the two baselines of the paper's comparison (``aux="human"``: the
+The same class trains the two baselines of the paper's comparison (``labels="human"``: the
 auxiliary head learns a human-defined finer labelling, here the character of each drawing;
-``aux="none"``: the primary task alone), so the three differ in nothing else.
+``labels="none"``: the primary task alone), so the three differ in nothing else.
 
 Settings: ``psi = 5`` auxiliary classes per primary class (the paper's CIFAR-100 setting,
 5 fine classes per coarse one); :math:`\alpha` is the learning rate of the virtual step and
@@ -52,9 +52,9 @@ from torch.func import functional_call
 from companion.checks import check_choice, check_int, check_positive
 from companion.data.base import ImageDataset
 from companion.data.episodes import Episode
-from companion.evaluate import prototype_probe
+from companion.evaluate import prototype_probe, split_per_class
 
-AUX_MODES = ("maxl", "human", "none")
+LABEL_MODES = ("maxl", "human", "none")
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,56 @@ class HierarchyBatches:
                              self.dataset.labels[pick])
 
 
+def hierarchy_split(dataset: ImageDataset, *, per_group: int = 5, groups: int | None = None,
+                    train_fraction: float = 0.5
+                    ) -> tuple[ImageDataset, torch.Tensor, torch.Tensor]:
+    """The hierarchical problem of chapter 7: primary classes are groups (alphabets), each
+    made of exactly ``per_group`` fine classes (characters).
+
+    Keeps the first ``per_group`` classes of each of the first ``groups`` groups that have
+    that many, numbered so that fine class ``j`` belongs to primary class ``j // per_group``
+    (the layout :func:`hierarchy_mask` assumes, so the human labels are one admissible
+    labelling of MAXL's auxiliary head). With glyphs' first 20 training alphabets and 5
+    characters each, this is CIFAR-100's shape in MAXL's experiments: 20 coarse classes of
+    5 fine ones. Each character's first ``train_fraction`` of drawings train, the rest test
+    (:func:`companion.evaluate.split_per_class`).
+
+    Returns:
+        the subset, and index tensors of its training and test images.
+
+    Raises:
+        ValueError: fewer than two groups have ``per_group`` classes.
+    """
+    check_int("per_group", per_group)
+    chosen = []
+    for g in dataset.groups.unique():
+        members = (dataset.groups == g).nonzero().flatten()
+        if len(members) >= per_group:
+            chosen.append(members[:per_group])
+    chosen = chosen[:groups]
+    if len(chosen) < 2:
+        raise ValueError(f"a hierarchy needs at least 2 groups with {per_group} classes each; "
+                         f"{dataset.name}/{dataset.split} has {len(chosen)}")
+    subset = dataset.subset_classes(torch.cat(chosen), dataset.split)
+    train, test = split_per_class(subset.labels, train_fraction)
+    return subset, train, test
+
+
+def primary_accuracy(model: MAXL, dataset: ImageDataset, index: torch.Tensor, *,
+                     batch_size: int = 512) -> float:
+    """Fraction of the images ``index`` whose primary class (group) ``model`` predicts."""
+    primary = dataset.groups.unique(return_inverse=True)[1][dataset.labels[index]]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        predicted = torch.cat([
+            model.primary_logits(dataset.images[index[i:i + batch_size]].to(device)).argmax(-1)
+            for i in range(0, len(index), batch_size)]).cpu()
+    model.train(was_training)
+    return float((predicted == primary).float().mean())
+
+
 def hierarchy_mask(primary: torch.Tensor, classes: int, psi: int) -> torch.Tensor:
     """``True`` at the ``psi`` auxiliary classes of each image's primary class.
 
@@ -134,13 +184,13 @@ def _part(params: dict[str, torch.Tensor], module: str) -> dict[str, torch.Tenso
 class MAXLConfig:
     """What defines MAXL and its two baselines (module docstring)."""
 
-    aux: str = "maxl"  # "maxl": generated labels; "human": the fine labels; "none": no aux task
+    labels: str = "maxl"  # auxiliary labels: "maxl" generated; "human" the fine ones; "none"
     psi: int = 5  # auxiliary classes per primary class (maxl)
     inner_lr: float = 1e-3  # alpha of the virtual step
     entropy_weight: float = 0.2  # lambda of the anti-collapse term
 
     def __post_init__(self) -> None:
-        check_choice("aux", self.aux, AUX_MODES)
+        check_choice("labels", self.labels, LABEL_MODES)
         check_int("psi", self.psi)
         check_positive("inner_lr", self.inner_lr)
         if self.entropy_weight < 0:
@@ -148,14 +198,14 @@ class MAXLConfig:
 
 
 class MAXL(nn.Module):
-    """The multi-task network, and for ``aux="maxl"`` the label-generation network.
+    """The multi-task network, and for ``labels="maxl"`` the label-generation network.
 
     Args:
         encoder: the multi-task network's shared encoder, images -> ``(B, D)``.
-        label_encoder: the label-generation network's encoder (``aux="maxl"`` only).
+        label_encoder: the label-generation network's encoder (``labels="maxl"`` only).
         feature_dim: ``D``.
         primary_classes: ``K``.
-        fine_classes: classes of the human-defined labelling (``aux="human"``).
+        fine_classes: classes of the human-defined labelling (``labels="human"``).
         config: :class:`MAXLConfig`.
     """
 
@@ -167,11 +217,11 @@ class MAXL(nn.Module):
         self.encoder = encoder
         self.primary_head = nn.Linear(feature_dim, primary_classes)
         aux_classes = {"maxl": primary_classes * config.psi, "human": fine_classes,
-                       "none": 0}[config.aux]
+                       "none": 0}[config.labels]
         self.aux_head = nn.Linear(feature_dim, aux_classes) if aux_classes else None
-        if config.aux == "maxl":
+        if config.labels == "maxl":
             if label_encoder is None:
-                raise ValueError("aux='maxl' needs a label_encoder (the label-generation net)")
+                raise ValueError("labels='maxl' needs a label_encoder (the label-generation net)")
             self.label_encoder = label_encoder
             self.label_head = nn.Linear(feature_dim, aux_classes)
 
@@ -204,10 +254,10 @@ class MAXL(nn.Module):
         """:math:`\\mathcal L_1 + \\mathcal L_2` (module docstring), one backward for both nets."""
         params = self.multitask_params()
         accuracy = (self.primary_logits(batch.x).argmax(-1) == batch.primary).float().mean()
-        if self.config.aux == "none":
+        if self.config.labels == "none":
             loss = self._multitask_loss(params, batch, None)
             return loss, {"loss": float(loss.detach()), "accuracy": float(accuracy)}
-        if self.config.aux == "human":
+        if self.config.labels == "human":
             target = F.one_hot(batch.fine, self.aux_head.out_features).to(batch.x.dtype)
             loss = self._multitask_loss(params, batch, target)
             return loss, {"loss": float(loss.detach()), "accuracy": float(accuracy)}

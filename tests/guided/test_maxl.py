@@ -32,7 +32,7 @@ def _model(aux: str = "maxl") -> MAXL:
     torch.manual_seed(0)
     return MAXL(nn.Sequential(nn.Linear(4, D), nn.Tanh()),
                 nn.Sequential(nn.Linear(4, D), nn.Tanh()), D, K, fine_classes=7,
-                config=MAXLConfig(aux=aux, psi=PSI, inner_lr=0.3,
+                config=MAXLConfig(labels=aux, psi=PSI, inner_lr=0.3,
                                   entropy_weight=0.2)).double()
 
 
@@ -100,5 +100,40 @@ def test_the_baselines_share_the_network_and_differ_only_in_the_auxiliary_target
 def test_maxl_needs_a_label_network():
     with pytest.raises(ValueError, match="label_encoder"):
         MAXL(nn.Linear(4, D), None, D, K, 7)
-    with pytest.raises(ValueError, match="unknown aux"):
-        MAXLConfig(aux="teacher")
+    with pytest.raises(ValueError, match="unknown labels"):
+        MAXLConfig(labels="teacher")
+
+
+def test_the_hierarchy_numbers_fine_classes_inside_their_primary_class():
+    from companion.data import load_dataset
+    from companion.guided.maxl import HierarchyBatches, hierarchy_split
+
+    glyphs = load_dataset("glyphs", "train", alphabets=3, drawings=4)
+    subset, train, test = hierarchy_split(glyphs, per_group=5)
+    assert subset.num_classes == 15 and len(train) == len(test) == 30
+    assert set(train.tolist()).isdisjoint(test.tolist())
+    primary = subset.groups.unique(return_inverse=True)[1]
+    assert primary.tolist() == torch.arange(15).div(5, rounding_mode="floor").tolist()
+    for c in range(15):  # the first five characters of each alphabet, in order
+        name = subset.class_names[c]
+        assert name.endswith(f"char{c % 5:02d}") and name.startswith(
+            glyphs.class_names[int((glyphs.groups == glyphs.groups.unique()[c // 5]).nonzero()[0])
+                               ].split("/")[0])
+    batch = HierarchyBatches(subset, train, seed=0).sample_batch(64)
+    assert hierarchy_mask(batch.primary, 3, 5)[torch.arange(64), batch.fine].all()
+    assert set(batch.fine.tolist()) <= {int(subset.labels[i]) for i in train}
+    with pytest.raises(ValueError, match="at least 2 groups with 50 classes"):
+        hierarchy_split(glyphs, per_group=50)
+
+
+def test_primary_accuracy_counts_the_predicted_groups():
+    from companion.data import load_dataset
+    from companion.guided.maxl import hierarchy_split, primary_accuracy
+
+    subset, _, test = hierarchy_split(load_dataset("glyphs", "train", alphabets=2, drawings=2),
+                                      per_group=2)
+    model = MAXL(nn.Flatten(), None, 28 * 28, 2, 4, MAXLConfig(labels="none"))
+    with torch.no_grad():
+        model.primary_head.weight.zero_()
+        model.primary_head.bias.copy_(torch.tensor([1.0, 0.0]))  # always "group 0"
+    assert primary_accuracy(model, subset, test) == 0.5  # half the test images are group 0
