@@ -134,7 +134,9 @@ def test_maxl_trains_on_alphabets_and_is_tested_on_held_out_drawings(tmp_path, c
         capsys.readouterr().out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["probe"], metrics["classes"], metrics["fine_classes"]) == ("primary", 4, 20)
-    assert 0 <= metrics["accuracy"] <= 1 and metrics["spec"]["learner"]["ways"] == 4
+    accuracy = metrics["accuracy"]  # a binomial interval over the 200 held-out drawings
+    assert metrics["ci95"] == pytest.approx(1.96 * (accuracy * (1 - accuracy) / 200) ** 0.5)
+    assert metrics["spec"]["learner"]["ways"] == 4
     assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--episodes", "4",
                  "--quiet", "--out", str(tmp_path / "fewshot")]) == 0  # its encoder's probe
     assert "maxl on glyphs/test, 5-way 1-shot" in capsys.readouterr().out
