@@ -72,6 +72,7 @@ from companion.train import (
 
 TRAINED_ON = {"images": "unlabeled images", "hierarchy": "images labelled twice (alphabet and "
               "character)"}
+HIERARCHY_GROUPS = 20  # MAXL's primary classes at most: CIFAR-100's 20 superclasses
 MAX_FIGURE_WAYS = 20  # rows of an episode PNG that stay readable
 MAX_FIGURE_COLUMNS = 20
 
@@ -330,10 +331,16 @@ def _hierarchy(method: methods.Method, train_set: ImageDataset, recipe: dict[str
         raise ValueError(f"{method.name} needs classes grouped into alphabets: --dataset "
                          f"glyphs or omniglot; got {data['dataset']}")
     psi = recipe["set"].get("psi", method.config.psi)
-    subset, train_index, held_out = hierarchy_split(train_set, per_group=psi, groups=20)
+    subset, train_index, held_out = hierarchy_split(train_set, per_group=psi,
+                                                    groups=HIERARCHY_GROUPS)
     data.update(train_ways=int(len(subset.groups.unique())), hierarchy_classes=psi,
-                hierarchy_groups=20)
+                hierarchy_groups=HIERARCHY_GROUPS)
     return HierarchyBatches(subset, train_index, seed=args.seed), held_out
+
+
+def _binomial_ci95(accuracy: float, n: int) -> float:
+    """Half-width of the 95% interval of an accuracy over ``n`` images (normal approx.)."""
+    return 1.96 * math.sqrt(accuracy * (1 - accuracy) / n)
 
 
 def _primary_test(learner: torch.nn.Module, train: HierarchyBatches, held_out: torch.Tensor,
@@ -341,7 +348,7 @@ def _primary_test(learner: torch.nn.Module, train: HierarchyBatches, held_out: t
     """MAXL's test: the primary class (alphabet) of each held-out drawing."""
     dataset = train.dataset
     accuracy = primary_accuracy(learner, dataset, held_out)
-    ci95 = 1.96 * math.sqrt(accuracy * (1 - accuracy) / len(held_out))  # binomial
+    ci95 = _binomial_ci95(accuracy, len(held_out))
     extra = {"probe": "primary", "classes": train.primary_classes,
              "fine_classes": dataset.num_classes, "test_images": len(held_out),
              "ways": None, "shots": None, "queries": None}
@@ -470,7 +477,7 @@ def _probe(probe: str, learner: torch.nn.Module, data: dict[str, Any], split: st
     z, y = embed(encoder, dataset.images).cpu(), dataset.labels
     score = linear_probe if probe == "linear" else knn_probe
     accuracy = score(z[train], y[train], z[test], y[test])
-    ci95 = 1.96 * math.sqrt(accuracy * (1 - accuracy) / len(test))  # binomial, normal approx.
+    ci95 = _binomial_ci95(accuracy, len(test))
     evaluation = EvalResult(accuracy, ci95, 0, ())
     extra = {"probe": probe, "dataset": data["dataset"], "split": split, "ways": None,
              "shots": None, "queries": None, "classes": dataset.num_classes,

@@ -81,6 +81,15 @@ class LabelledBatch:
                              self.fine.to(device))
 
 
+def primary_labels(dataset: ImageDataset) -> torch.Tensor:
+    """Each image's primary class: its class's group, renumbered ``0..K-1``.
+
+    Shape:
+        - returns: ``(M,)`` int64
+    """
+    return dataset.groups.unique(return_inverse=True)[1][dataset.labels]
+
+
 class HierarchyBatches:
     """Random batches of a dataset's images with their group (primary) and class (fine) labels:
     for glyphs and Omniglot, the alphabet and the character.
@@ -93,9 +102,8 @@ class HierarchyBatches:
 
     def __init__(self, dataset: ImageDataset, index: torch.Tensor, *, seed: int = 0) -> None:
         self.dataset, self.index = dataset, index
-        groups = dataset.groups.unique(return_inverse=True)[1]  # primary labels 0..K-1
-        self.primary = groups[dataset.labels]  # (M,)
-        self.primary_classes = int(groups.max()) + 1
+        self.primary = primary_labels(dataset)  # (M,)
+        self.primary_classes = int(self.primary.max()) + 1
         self.generator = torch.Generator().manual_seed(seed)
 
     def generators(self) -> dict[str, torch.Generator]:
@@ -146,7 +154,7 @@ def hierarchy_split(dataset: ImageDataset, *, per_group: int = 5, groups: int | 
 def primary_accuracy(model: MAXL, dataset: ImageDataset, index: torch.Tensor, *,
                      batch_size: int = 512) -> float:
     """Fraction of the images ``index`` whose primary class (group) ``model`` predicts."""
-    primary = dataset.groups.unique(return_inverse=True)[1][dataset.labels[index]]
+    primary = primary_labels(dataset)[index]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
