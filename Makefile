@@ -17,11 +17,13 @@ BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHAPTERS_MD := $(wildcard book/ch*.md)
 
-.PHONY: help venv book test lint notebooks clean
+.PHONY: help venv book test lint notebooks assignments clean
 
 help:
 	@echo "make book       build the book into _build/html (executes chapters; COMPANION_PROFILE picks sizes)"
-	@echo "make test       run the test suite, including every chapter in the smoke profile"
+	@echo "make test       run the test suite: every chapter in the smoke profile, the book built"
+	@echo "                with warnings as errors and opened in a headless browser, the assignments"
+	@echo "make assignments  student and instructor notebooks + otter autograders in _build/assignments"
 	@echo "make lint       ruff"
 	@echo "make notebooks  regenerate the .ipynb twins of the chapters (for Colab)"
 
@@ -57,6 +59,13 @@ lint: $(STAMP)
 
 notebooks: $(STAMP)
 	$(BIN)/jupytext --to ipynb --update --update-metadata '{"jupytext": null}' $(CHAPTERS_MD)
+
+# Student notebooks (solutions removed), instructor notebooks and one otter-grader autograder
+# per chapter, from the chapter sources; otter checks every solution on the way.
+assignments: $(STAMP)
+	MPLBACKEND=Agg COMPANION_PROFILE=$(PROFILE) $(BIN)/python -m companion.exercises.assign \
+		--out _build/assignments
+	@echo "student/, instructor/ and autograder/ are in _build/assignments"
 
 clean:
 	rm -rf _build .pytest_cache

@@ -95,3 +95,51 @@ def episode_figure(
     fig.suptitle(title or f"{ways}-way {shots}-shot episode", fontsize=10)
     fig.tight_layout(pad=0.3)
     return fig
+
+
+class Source:
+    """A package object's source code, shown highlighted in a notebook (book and Colab alike).
+
+    ``show_source(prototypes)`` as the last line of a code cell displays the function as
+    the package defines it: HTML with inline colours (no stylesheet needed, so it renders
+    the same in the built book, Jupyter and Colab), plain text elsewhere. It replaces the
+    book's ``literalinclude`` directives, which a notebook cannot render.
+    """
+
+    def __init__(self, obj: object) -> None:
+        import inspect
+
+        try:
+            lines, first = inspect.getsourcelines(obj)
+        except (OSError, TypeError) as error:
+            raise TypeError(f"cannot show the source of {obj!r}: {error}") from None
+        self.code = "".join(lines)
+        module = inspect.getmodule(obj)
+        path = (module.__name__.replace(".", "/") + ".py") if module else "?"
+        self.where = f"{path}, lines {first}-{first + len(lines) - 1}"
+
+    def __repr__(self) -> str:
+        return f"# {self.where}\n{self.code}"
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        from pygments import highlight
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import PythonLexer
+
+        body = highlight(self.code, PythonLexer(),
+                         HtmlFormatter(noclasses=True, style="friendly", nowrap=False))
+        return (f'<div class="companion-source"><div style="font-size: 0.8em; color: #666;">'
+                f"{escape(self.where)}</div>{body}</div>")
+
+
+def show_source(obj: object) -> Source:
+    """The source of a package function or class, for display (see :class:`Source`).
+
+    Example:
+        >>> from companion.meta.protonet import prototypes
+        >>> print(repr(show_source(prototypes)).splitlines()[0])  # doctest: +ELLIPSIS
+        # companion/meta/protonet.py, lines ...
+    """
+    return Source(obj)

@@ -232,11 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     chapters = args.chapters or sorted(Path("book").glob("ch*.md"))
     os.environ.setdefault("MPLBACKEND", "Agg")
     for md in chapters:
-        paths = build(md, args.out)
-        print(f"{md.name}: {', '.join(str(p) for p in paths.values())}")
-        if args.check:
-            reports = check_student(paths["student"])
-            print(f"  student notebook ran; {len(reports)} checks report '{NOT_DONE}'")
+        try:
+            paths = build(md, args.out)
+            print(f"{md.name}: {', '.join(str(p) for p in paths.values())}")
+            if args.check:
+                reports = check_student(paths["student"])
+                print(f"  student notebook ran; {len(reports)} checks report '{NOT_DONE}'")
+        except (ValueError, RuntimeError, AssertionError) as error:
+            print(f"make assignments: {error}", file=sys.stderr)
+            return 2
     return 0
 
 

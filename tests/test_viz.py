@@ -1,0 +1,30 @@
+"""``companion.viz.show_source``: a package object's code, displayable in any notebook."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from companion.meta.protonet import prototypes
+from companion.viz import show_source
+
+
+def test_show_source_is_the_function_as_defined() -> None:
+    source = show_source(prototypes)
+    lines, first = inspect.getsourcelines(prototypes)
+    assert source.code == "".join(lines)
+    assert source.where == f"companion/meta/protonet.py, lines {first}-{first + len(lines) - 1}"
+    assert repr(source).splitlines()[1] == lines[0].rstrip("\n")
+
+
+def test_show_source_html_is_highlighted_and_escaped() -> None:
+    html = show_source(prototypes)._repr_html_()
+    assert "companion/meta/protonet.py" in html and "<pre" in html
+    assert "style=" in html  # inline colours: renders without the book's stylesheet
+    assert "&gt;" in html and "->" not in html  # the code is escaped
+
+
+def test_show_source_refuses_what_has_no_source() -> None:
+    with pytest.raises(TypeError, match="cannot show the source of"):
+        show_source(len)
