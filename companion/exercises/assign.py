@@ -42,6 +42,9 @@ from pathlib import Path
 import nbformat
 
 EXERCISE, SOLUTION, CHECK = "exercise", "solution", "check"
+# What a grading machine (Gradescope, otter's Docker image) installs: the book's package,
+# from the same place as the chapters' Colab cell.
+REQUIREMENTS = "companion @ git+https://github.com/meta-ssl-book/meta-ssl-book\n"
 NOT_DONE = "not done"
 
 
@@ -125,7 +128,8 @@ def otter_master(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     exercises = {e.stub: e for e in find_exercises(nb, name)}
     prompts = {e.prompt for e in exercises.values()}
     config = (f"# ASSIGNMENT CONFIG\nname: {name}\ninit_cell: false\ncheck_all_cell: false\n"
-              "export_cell: false\nsave_environment: false\ngenerate: true\n")
+              "export_cell: false\nsave_environment: false\ngenerate: true\n"
+              "requirements: requirements.txt\n")
     cells = [_raw(config)]
     pending_prompt = None
     skip = set()
@@ -180,6 +184,7 @@ def build(md: Path, out: Path, *, run_tests: bool = True) -> dict[str, Path]:
     with tempfile.TemporaryDirectory() as tmp:
         master = Path(tmp) / f"{md.stem}.ipynb"
         nbformat.write(otter_master(nb, md.stem), master)
+        (Path(tmp) / "requirements.txt").write_text(REQUIREMENTS)
         command = [sys.executable, "-m", "otter", "assign", str(master), str(Path(tmp) / "dist")]
         if not run_tests:
             command.append("--no-run-tests")
