@@ -143,3 +143,147 @@ def show_source(obj: object) -> Source:
         # companion/meta/protonet.py, lines ...
     """
     return Source(obj)
+
+
+def annotated_episode_figure(episode: Episode, *, class_names: list[str] | None = None,
+                             max_queries: int = 3) -> Figure:
+    """:func:`episode_figure` with the vocabulary written on it: support, query, ways, shots.
+
+    ``class_names`` (one per class, e.g. the dataset's names of the drawn classes) are
+    written beside each row, to show that labels ``0..N-1`` are relabelled dataset classes.
+    """
+    ways, shots = episode.ways, episode.shots
+    if class_names is not None and len(class_names) != ways:
+        raise ValueError(f"class_names must have one name per class ({ways}); "
+                         f"got {len(class_names)}")
+    fig = episode_figure(episode, max_queries=max_queries, title=" ")
+    axes = fig.axes
+    cols = len(axes) // ways
+    for ax in axes[:cols]:
+        ax.set_title("", loc="left")  # the annotations below say it in full
+    fig.set_size_inches(fig.get_size_inches() + (1.6 if class_names else 0.4, 0.9))
+    fig.subplots_adjust(top=0.80, bottom=0.09, right=0.72 if class_names else 0.9, left=0.1)
+    top_left, top_support_end = axes[0].get_position(), axes[shots - 1].get_position()
+    query_axes = [a for a in axes[:cols] if a.axison][shots:]
+    y = top_left.y1 + 0.03
+    fig.text((top_left.x0 + top_support_end.x1) / 2, y,
+             f"support set $\\mathcal{{S}}$\n$K = {shots}$ labelled\nshot(s) per class",
+             ha="center", va="bottom", fontsize=8, color="tab:blue")
+    if query_axes:
+        first, last = query_axes[0].get_position(), query_axes[-1].get_position()
+        fig.text((first.x0 + last.x1) / 2, y,
+                 f"query set $\\mathcal{{Q}}$\n{episode.queries} per class: the learner\n"
+                 "must label these", ha="center", va="bottom", fontsize=8, color="0.35")
+    for c in range(ways):
+        row = axes[c * cols].get_position()
+        if class_names:
+            fig.text(axes[c * cols + cols - 1].get_position().x1 + 0.01, (row.y0 + row.y1) / 2,
+                     f"= {class_names[c]}", va="center", fontsize=7, color="0.3")
+    bottom = axes[(ways - 1) * cols].get_position()
+    fig.text(0.5, bottom.y0 - 0.02,
+             f"one task: $N = {ways}$ ways (rows), classes the learner has never seen, "
+             f"relabelled 0..{ways - 1}", ha="center", va="top", fontsize=8)
+    return fig
+
+
+def maml_landscape_figure(tasks, *, alpha: float = 0.3, steps: int = 1,
+                          extent: float = 2.6) -> Figure:
+    """MAML's initialisation against pretraining's on 2-D quadratic tasks.
+
+    Grey contours: the average task loss, whose minimiser (black cross) is what training on
+    all tasks at once finds. Red dot: MAML's initialisation for ``steps`` inner steps of
+    size ``alpha`` (:meth:`companion.toys.QuadraticTasks.maml_init`). Lines: the inner
+    steps on each task from either point (solid from MAML's, dashed from pretraining's),
+    towards that task's optimum (stars).
+    """
+    grid = torch.linspace(-extent, extent, 121, dtype=torch.float64)
+    gx, gy = torch.meshgrid(grid, grid, indexing="xy")
+    average = tasks.loss(torch.stack([gx, gy], dim=-1)).mean(-1)
+    pre, maml = tasks.average_init(), tasks.maml_init(alpha, steps)
+    fig, ax = plt.subplots(figsize=(5.6, 5.4))
+    ax.contour(gx, gy, average, levels=14, colors="0.75", linewidths=0.8)
+    colors = plt.get_cmap("tab10").colors
+    for start, style, name in ((maml, "-", "MAML"), (pre, "--", "pretrained")):
+        path = tasks.adapt(start, alpha, steps)
+        for t in range(tasks.tasks):
+            ax.plot(path[t, :, 0], path[t, :, 1], style, marker=".", color=colors[t], lw=1.4)
+        after = tasks.maml_loss(start, alpha, steps).item()
+        ax.plot([], [], style, color="0.3", label=f"{steps} step(s) from {name}: "
+                f"mean loss {after:.2f}")
+    for t in range(tasks.tasks):
+        ax.plot(*tasks.optima[t], marker="*", ms=14, color=colors[t], ls="none")
+    ax.plot(*pre, marker="x", ms=10, mew=2.5, color="black", ls="none",
+            label="pretrained: minimises the average loss")
+    ax.plot(*maml, marker="o", ms=8, color="tab:red", ls="none",
+            label="MAML: minimises the loss after adapting")
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_aspect("equal")
+    ax.set_xlabel(r"$\theta_1$")
+    ax.set_ylabel(r"$\theta_2$")
+    ax.set_title(f"inner step size $\\alpha = {alpha:g}$, {steps} inner step(s)", fontsize=10)
+    fig.legend(fontsize=7, loc="lower center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig
+
+
+def contrastive_geometry_figure(runs: dict[str, dict[str, torch.Tensor]]) -> Figure:
+    """Embeddings on the unit circle before and after training, one panel per toy run.
+
+    The runs come from :func:`companion.toys.contrastive_toy`.
+
+    ``runs`` maps a panel title to a toy run; the first run's ``before`` is drawn first.
+    Each point keeps its colour across panels, so a reader can follow it.
+    """
+    if not runs:
+        raise ValueError("runs must hold at least one toy run")
+    panels = [("before training", next(iter(runs.values()))["before"])]
+    panels += [(name, run["after"]) for name, run in runs.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.5))
+    circle = torch.linspace(0, 2 * torch.pi, 200)
+    for ax, (name, z) in zip(axes, panels, strict=True):
+        ax.plot(torch.cos(circle), torch.sin(circle), color="0.85", lw=1)
+        colors = plt.get_cmap("hsv")(torch.linspace(0, 0.92, len(z)).numpy())
+        ax.scatter(z[:, 0], z[:, 1], c=colors, s=60, edgecolors="black", linewidths=0.5,
+                   zorder=3)
+        spread = z.mean(0).norm().item()
+        ax.set_title(f"{name}\n|mean z| = {spread:.2f}", fontsize=9)
+        ax.set_xlim(-1.3, 1.3)
+        ax.set_ylim(-1.3, 1.3)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def embedding_map_figure(embeddings: dict[str, torch.Tensor], labels: torch.Tensor, *,
+                         seed: int = 0) -> Figure:
+    """A t-SNE map of each set of embeddings, points coloured by class.
+
+    A trained encoder draws each class as its own island; an untrained one mixes them.
+    t-SNE (van der Maaten & Hinton 2008, scikit-learn's) keeps neighbours, not distances:
+    read the islands, not the gaps between them.
+
+    Shape:
+        - embeddings: each ``(M, D)``, one row per image, in the order of ``labels``
+        - labels: ``(M,)``
+    """
+    from sklearn.manifold import TSNE
+
+    fig, axes = plt.subplots(1, len(embeddings), figsize=(3.6 * len(embeddings), 3.6),
+                             squeeze=False)
+    classes = labels.unique()
+    for ax, (name, z) in zip(axes[0], embeddings.items(), strict=True):
+        if z.shape[0] != labels.shape[0]:
+            raise ValueError(f"{name}: {z.shape[0]} embeddings for {labels.shape[0]} labels")
+        xy = TSNE(n_components=2, perplexity=min(30.0, (z.shape[0] - 1) / 3), init="pca",
+                  random_state=seed).fit_transform(z.detach().double().cpu().numpy())
+        for i, c in enumerate(classes.tolist()):
+            pick = (labels == c).numpy()
+            ax.scatter(xy[pick, 0], xy[pick, 1], s=12, color=plt.get_cmap("tab20")(i % 20))
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
