@@ -7,16 +7,17 @@ the returned figure, the command line saves it.
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 from companion.data.episodes import Episode
 
 
-def _as_image(x: torch.Tensor) -> torch.Tensor:
-    """``(C, H, W)`` -> ``(H, W)`` or ``(H, W, C)`` on the CPU, for ``imshow``."""
+def _as_image(x: torch.Tensor) -> np.ndarray:
+    """``(C, H, W)`` -> ``(H, W)`` or ``(H, W, C)``, a NumPy array for ``imshow``."""
     x = x.detach().float().cpu()
-    return x[0] if x.shape[0] == 1 else x.permute(1, 2, 0).clamp(0, 1)
+    return (x[0] if x.shape[0] == 1 else x.permute(1, 2, 0).clamp(0, 1)).numpy()
 
 
 def image_grid(
@@ -201,20 +202,21 @@ def maml_landscape_figure(tasks, *, alpha: float = 0.3, steps: int = 1,
     average = tasks.loss(torch.stack([gx, gy], dim=-1)).mean(-1)
     pre, maml = tasks.average_init(), tasks.maml_init(alpha, steps)
     fig, ax = plt.subplots(figsize=(5.6, 5.4))
-    ax.contour(gx, gy, average, levels=14, colors="0.75", linewidths=0.8)
+    ax.contour(gx.numpy(), gy.numpy(), average.numpy(), levels=14, colors="0.75",
+               linewidths=0.8)
     colors = plt.get_cmap("tab10").colors
     for start, style, name in ((maml, "-", "MAML"), (pre, "--", "pretrained")):
-        path = tasks.adapt(start, alpha, steps)
+        path = tasks.adapt(start, alpha, steps).numpy()
         for t in range(tasks.tasks):
             ax.plot(path[t, :, 0], path[t, :, 1], style, marker=".", color=colors[t], lw=1.4)
         after = tasks.maml_loss(start, alpha, steps).item()
         ax.plot([], [], style, color="0.3", label=f"{steps} step(s) from {name}: "
                 f"mean loss {after:.2f}")
     for t in range(tasks.tasks):
-        ax.plot(*tasks.optima[t], marker="*", ms=14, color=colors[t], ls="none")
-    ax.plot(*pre, marker="x", ms=10, mew=2.5, color="black", ls="none",
+        ax.plot(*tasks.optima[t].tolist(), marker="*", ms=14, color=colors[t], ls="none")
+    ax.plot(*pre.tolist(), marker="x", ms=10, mew=2.5, color="black", ls="none",
             label="pretrained: minimises the average loss")
-    ax.plot(*maml, marker="o", ms=8, color="tab:red", ls="none",
+    ax.plot(*maml.tolist(), marker="o", ms=8, color="tab:red", ls="none",
             label="MAML: minimises the loss after adapting")
     ax.set_xlim(-extent, extent)
     ax.set_ylim(-extent, extent)
@@ -242,10 +244,10 @@ def contrastive_geometry_figure(runs: dict[str, dict[str, torch.Tensor]]) -> Fig
     fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.5))
     circle = torch.linspace(0, 2 * torch.pi, 200)
     for ax, (name, z) in zip(axes, panels, strict=True):
-        ax.plot(torch.cos(circle), torch.sin(circle), color="0.85", lw=1)
+        ax.plot(torch.cos(circle).numpy(), torch.sin(circle).numpy(), color="0.85", lw=1)
         colors = plt.get_cmap("hsv")(torch.linspace(0, 0.92, len(z)).numpy())
-        ax.scatter(z[:, 0], z[:, 1], c=colors, s=60, edgecolors="black", linewidths=0.5,
-                   zorder=3)
+        ax.scatter(z[:, 0].numpy(), z[:, 1].numpy(), c=colors, s=60, edgecolors="black",
+                   linewidths=0.5, zorder=3)
         spread = z.mean(0).norm().item()
         ax.set_title(f"{name}\n|mean z| = {spread:.2f}", fontsize=9)
         ax.set_xlim(-1.3, 1.3)
