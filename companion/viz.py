@@ -289,3 +289,19 @@ def embedding_map_figure(embeddings: dict[str, torch.Tensor], labels: torch.Tens
         ax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+def glue(name: str, value: object) -> object:
+    """Hand ``value`` to the built book's prose as ``{glue:text}`name``` and return it.
+
+    In the book (myst-nb), the prose shows the number this run computed, so the text and
+    the results cannot disagree; format it in the role, e.g. ``{glue:text}`acc:.1f```.
+    Elsewhere (Colab, plain Jupyter, where myst-nb is absent) nothing is recorded and the
+    value is simply returned.
+    """
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        return value
+    myst_glue(name, value, display=False)
+    return value

@@ -56,3 +56,9 @@ def test_intuition_figures_draw() -> None:
         plt.close(fig)
     with pytest.raises(ValueError, match="one name per class"):
         annotated_episode_figure(episode, class_names=["a"])
+
+
+def test_glue_returns_its_value() -> None:
+    from companion.viz import glue
+
+    assert glue("test_value", 0.5) == 0.5

@@ -164,7 +164,16 @@ def _download(url: str, known_hash: str, folder: Path, fname: str) -> Path:
 
     On a checksum mismatch pooch deletes the temporary file and raises ``ValueError``.
     """
-    return Path(pooch.retrieve(url, known_hash=known_hash, fname=fname, path=folder))
+    # pooch announces the download on stderr, which a built chapter would show as an error
+    # output; say it on stdout instead.
+    print(f"downloading {url} into {folder}", flush=True)
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel("WARNING")
+    try:
+        return Path(pooch.retrieve(url, known_hash=known_hash, fname=fname, path=folder))
+    finally:
+        logger.setLevel(level)
 
 
 def _ensure_archive(set_name: str, folder: Path, download: bool, known_hash: str) -> Path:
