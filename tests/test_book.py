@@ -50,7 +50,9 @@ def book() -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
-    env = {**os.environ, "COMPANION_PROFILE": "smoke", "MPLBACKEND": "Agg"}
+    # The kernels draw inline: the test session's MPLBACKEND=Agg would hide every figure.
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    env["COMPANION_PROFILE"] = "smoke"
     done = subprocess.run(
         [str(jupyter_book), "build", str(REPO), "--builder", "html", "--path-output", str(OUT),
          "--config", str(OUT / "_config.yml"), "-W", "--keep-going"],
