@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -156,6 +157,8 @@ def compare_number(exercise: str, got: Any, want: float, *, name: str, atol: flo
         got = got.item()
     if isinstance(got, bool) or not isinstance(got, int | float):
         return wrong(exercise, f"{name} should be a number; got {type(got).__name__}.", hint)
+    if not math.isfinite(got):
+        return wrong(exercise, f"{name} = {got}; the reference is {want:.6g}.", hint)
     if abs(got - want) > atol + rtol * abs(want):
         return wrong(exercise, f"{name} = {got:.6g}; the reference is {want:.6g}.", hint)
     return right(exercise, f"{name} = {got:.6g} as expected.")
