@@ -22,8 +22,8 @@ EX1, EX2, EX3 = "Exercise 6.1", "Exercise 6.2", "Exercise 6.3"
 
 def p_distinct_reference(classes: int, per_class: int, ways: int) -> float:
     """P(``ways`` images drawn without replacement from ``classes`` x ``per_class`` images
-    are all of different classes): after ``i`` draws, ``(C - i) m`` of the ``Cm - i`` images
-    left are of a class not drawn yet."""
+    are all of different classes): after ``i`` draws, ``(classes - i) * per_class`` of the
+    ``classes * per_class - i`` images left are of a class not drawn yet."""
     total = classes * per_class
     return math.prod((classes - i) * per_class / (total - i) for i in range(ways))
 
@@ -41,7 +41,8 @@ def check_p_distinct(p_distinct_pool: Callable) -> Feedback:
             EX1, run.value, p_distinct_reference(classes, per_class, ways),
             name=f"p_distinct_pool({classes}, {per_class}, {ways})", atol=1e-9, rtol=1e-7,
             hint="UMTRA draws the images without replacement (torch.randperm): after i "
-                 "images, M - i are left, and (C - i) m of them are of a class not drawn yet.")
+                 "images, classes * per_class - i are left, and (classes - i) * per_class "
+                 "of them are of a class not drawn yet.")
         if not result.passed:
             return result
     shown = ", ".join(f"N = {n}: {p_distinct_reference(1200, 20, n):.3f}" for n in (5, 20, 50))

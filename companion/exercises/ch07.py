@@ -24,7 +24,7 @@ EX1, EX2, EX3 = "Exercise 7.1", "Exercise 7.2", "Exercise 7.3"
 
 def check_masked(masked: Callable) -> Feedback:
     """Exercise 7.1: the label generator's masked softmax, against the package's
-    ``masked_softmax(logits, hierarchy_mask(primary, K, psi))``."""
+    ``masked_softmax(logits, hierarchy_mask(primary, N, psi))``."""
     g = torch.Generator().manual_seed(7)
     for classes, psi in ((3, 4), (4, 2), (2, 1)):
         primary = torch.arange(classes).repeat(2)[torch.randperm(2 * classes, generator=g)]
@@ -37,14 +37,14 @@ def check_masked(masked: Callable) -> Feedback:
             return wrong(EX1, f"return a tensor of probabilities; got {type(got).__name__}.")
         if got.shape != want.shape:
             return wrong(EX1, f"the output has shape {tuple(got.shape)}; for {len(primary)} "
-                         f"images, K = {classes} and psi = {psi} it is {tuple(want.shape)}.",
-                         "one row per image, one column per auxiliary class (K * psi).")
+                         f"images, N = {classes} and psi = {psi} it is {tuple(want.shape)}.",
+                         "one row per image, one column per auxiliary class (N * psi).")
         got = got.detach().float()
         if torch.allclose(got, want, atol=1e-6):
             continue
         mask = hierarchy_mask(primary, classes, psi)
-        message = (f"with K = {classes}, psi = {psi} your output differs from "
-                   f"masked_softmax(logits, hierarchy_mask(primary, K, psi)) by up to "
+        message = (f"with N = {classes}, psi = {psi} your output differs from "
+                   f"masked_softmax(logits, hierarchy_mask(primary, N, psi)) by up to "
                    f"{(got - want).abs().max():.3g}.")
         if not torch.isfinite(got).all():
             return wrong(EX1, message + " It has NaN or infinite values.",
@@ -58,10 +58,10 @@ def check_masked(masked: Callable) -> Feedback:
             return wrong(EX1, message + " It puts probability outside the image's psi "
                          "auxiliary classes.",
                          "auxiliary class j belongs to primary class j // psi (blocks of psi "
-                         "consecutive classes), not j % K.")
+                         "consecutive classes), not j % N.")
         return wrong(EX1, message, "softmax of the logits themselves, with the mask's "
                      "entries left as they are.")
-    return right(EX1, "your masked softmax equals the package's for (K, psi) = (3, 4), "
+    return right(EX1, "your masked softmax equals the package's for (N, psi) = (3, 4), "
                  "(4, 2) and (2, 1).")
 
 
@@ -82,15 +82,15 @@ def _tiny_maxl(seed: int) -> tuple[MAXL, LabelledBatch]:
 
 
 def entropy_of_mean_reference(target: torch.Tensor) -> float:
-    """H(1/B sum_i g_i) with 0 log 0 = 0."""
+    """H(1/M sum_i G_i) over a batch of M images, with 0 log 0 = 0."""
     mean = target.mean(0)
     return float(-torch.special.xlogy(mean, mean).sum())
 
 
 def check_entropy_of_mean(entropy_of_mean: Callable) -> Feedback:
     """Exercise 7.2: MAXL's regulariser, against the ``aux_entropy`` that
-    :meth:`MAXL.meta_loss` logs, and on a collapsed generator (``log K``)."""
-    hint = ("the entropy of the MEAN distribution over the batch, H(mean_i g_i), not the mean "
+    :meth:`MAXL.meta_loss` logs, and on a collapsed generator (``log N``)."""
+    hint = ("the entropy of the MEAN distribution over the batch, H(mean_i G_i), not the mean "
             "of each image's entropy: each image may be sure of its class, as long as the "
             "batch uses all of them.")
     for seed in (0, 1):
@@ -122,12 +122,12 @@ def check_entropy_of_mean(entropy_of_mean: Callable) -> Feedback:
                      "0 log 0 is 0: use torch.special.xlogy(p, p), or add a small epsilon "
                      "inside the log.")
     result = compare_number(EX2, run.value, math.log(classes), atol=1e-5, rtol=1e-5, hint=hint,
-                            name=f"the entropy of a collapsed generator (K = {classes})")
+                            name=f"the entropy of a collapsed generator (N = {classes})")
     if not result.passed:
         return result
     return right(EX2, "your entropy equals MAXL.meta_loss's aux_entropy on a tiny model, and a "
-                 f"collapsed generator gets log K = {math.log(classes):.3f} (uniform over "
-                 f"K psi classes would be log {classes * psi} = "
+                 f"collapsed generator gets log N = {math.log(classes):.3f} (uniform over "
+                 f"N psi classes would be log {classes * psi} = "
                  f"{math.log(classes * psi):.3f}).")
 
 
@@ -158,7 +158,7 @@ def check_quadratic_hypergradient(quadratic_hypergradient: Callable) -> Feedback
         result = compare_number(
             EX3, run.value, want, atol=1e-9, rtol=1e-7,
             name=f"the hypergradient at lambda = {weight}, alpha = {step_size}",
-            hint="theta' = theta - alpha ((theta - a) + lambda (theta - c)); the held-out "
+            hint="theta' = theta - alpha ((theta - u_tr) + lambda (theta - u_aux)); the held-out "
                  "gradient is taken at theta' (after the step), the auxiliary one at theta.")
         if not result.passed:
             return result

@@ -60,7 +60,7 @@ def check_cross_view_loss(cross_view_loss: Callable) -> Feedback:
         near = {  # what a likely slip computes instead
             "the full NT-Xent": (float(nt_xent(z1, z2, temperature=tau)),
                                  "that is the full NT-Xent: leave out the N - 1 same-view "
-                                 "negatives of each anchor (S_j = 0)."),
+                                 "negatives of each anchor (W_j = 0)."),
             "one direction": (float(protonet_views_loss(z1, z2, tau)),
                               "average the two directions: view 1 as support and view 2 as "
                               "query, then the mirror."),
@@ -169,12 +169,12 @@ def check_rotate_episode(rotate_episode: Callable) -> Feedback:
                              f"a {ways}-way episode's {part} set have {tuple(wx.shape)}.",
                              "rotate the support AND the query set, every class four times.")
             if not torch.equal(y, wy):
-                hint = ("label r N + c for class c in rotation r, so the four blocks of the "
+                hint = ("label r N + k for class k in rotation r, so the four blocks of the "
                         "rotated episode are the whole episode rotated by 0, 1, 2, 3 "
                         "quarter-turns (rotation-major).")
                 if torch.equal(y, _class_major_labels(ways, per_class)):
-                    hint = ("your labels are class-major (4 c + r); the package numbers "
-                            "rotation-major, r N + c: " + hint)
+                    hint = ("your labels are class-major (4 k + r); the package numbers "
+                            "rotation-major, r N + k: " + hint)
                 return wrong(EX3, f"{part}_y is {y.tolist()}; expected {wy.tolist()}.", hint)
             if not torch.equal(x, wx):
                 turned = torch.cat([torch.rot90(getattr(episode, f"{part}_x"), -r, (-2, -1))
@@ -184,8 +184,8 @@ def check_rotate_episode(rotate_episode: Callable) -> Feedback:
                 if torch.equal(x, turned):
                     hint = "your rotations turn clockwise; " + hint
                 elif torch.equal(x, _class_major_images(wx, ways, per_class)):
-                    hint = ("your classes are numbered class-major (4 c + r) and sorted; the "
-                            "package numbers rotation-major, r N + c: block r is the whole "
+                    hint = ("your classes are numbered class-major (4 k + r) and sorted; the "
+                            "package numbers rotation-major, r N + k: block r is the whole "
                             "episode rotated r times.")
                 return wrong(EX3, f"{part}_x differs from rotate_classes' images.", hint)
     return right(EX3, "your rotated episodes equal rotate_classes(TaskBatch.stack([episode]))"
@@ -193,7 +193,7 @@ def check_rotate_episode(rotate_episode: Callable) -> Feedback:
 
 
 def _class_major_labels(ways: int, per_class: int) -> torch.Tensor:
-    """Labels ``4 c + r`` in the rotation-major order of the images."""
+    """Labels ``4 k + r`` in the rotation-major order of the images."""
     c = torch.arange(ways).repeat_interleave(per_class)
     return torch.cat([4 * c + r for r in range(4)])
 
