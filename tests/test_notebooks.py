@@ -1,8 +1,9 @@
 """The chapters' notebook twins: present, listed in the table of contents, and in sync.
 
-The chapters themselves are executed by nbval (``--nbval-lax`` in pyproject.toml runs every
-``book/*.ipynb`` in the smoke profile); this file checks that what nbval and Colab run is
-what the ``.md`` sources say.
+The chapters themselves run in ``tests/test_book.py`` (the smoke book build) and
+``tests/test_assignments.py`` (instructor and student notebooks); both read the ``.md``
+sources, so this file checks that what Colab runs, the ``.ipynb`` twin, is what the
+``.md`` says.
 """
 
 from __future__ import annotations

@@ -27,8 +27,9 @@ def test_environment_yml_matches_pyproject() -> None:
     expected = {CONDA_NAMES.get(n, n): spec for n, spec in map(split_requirement, wanted)}
 
     env = yaml.safe_load((REPO / "environment.yml").read_text())
+    from_pip = [r for d in env["dependencies"] if isinstance(d, dict) for r in d.get("pip", [])]
     got = dict(
-        split_requirement(d) for d in env["dependencies"]
+        split_requirement(d) for d in [*env["dependencies"], *from_pip]
         if isinstance(d, str) and not d.startswith(("python", "pip"))
     )
     assert got == expected
