@@ -79,7 +79,8 @@ def check_sgd_step(sgd_step: Callable) -> Feedback:
     (maml-inner) on every entry of ``params``, against :func:`inner_sgd`.
 
     Checks the new parameters and the meta-gradient of a query loss through them, with
-    respect to ``params``: second order ``(I - alpha H) g``, first order ``g``.
+    respect to ``params``: second order ``(I - alpha H) v``, first order ``v`` (``v`` the
+    query gradient at the new parameters).
     """
     net, theta = _sine_mlp(seed=0)
     episode = SinusoidTasks(shots=5, queries=10, seed=3, dtype=torch.float64).sample()
@@ -141,7 +142,7 @@ def check_sgd_step(sgd_step: Callable) -> Feedback:
             return wrong(EX1, f"the {order}-order meta-gradient through your step differs from "
                          f"inner_sgd's by up to {_gap(got_meta, meta):.3g}.")
     return right(EX1, "your step equals inner_sgd's, and so do the meta-gradients through it: "
-                 "(I - alpha H) g with first_order=False, g with first_order=True.")
+                 "(I - alpha H) v with first_order=False, v with first_order=True.")
 
 
 # ---- Exercise 3.2: Reptile's update -----------------------------------------------------------
