@@ -272,6 +272,7 @@ def embedding_map_figure(embeddings: dict[str, torch.Tensor], labels: torch.Tens
         - labels: ``(M,)``
     """
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     fig, axes = plt.subplots(1, len(embeddings), figsize=(3.6 * len(embeddings), 3.6),
                              squeeze=False)
@@ -279,8 +280,12 @@ def embedding_map_figure(embeddings: dict[str, torch.Tensor], labels: torch.Tens
     for ax, (name, z) in zip(axes[0], embeddings.items(), strict=True):
         if z.shape[0] != labels.shape[0]:
             raise ValueError(f"{name}: {z.shape[0]} embeddings for {labels.shape[0]} labels")
-        xy = TSNE(n_components=2, perplexity=min(30.0, (z.shape[0] - 1) / 3), init="pca",
-                  random_state=seed).fit_transform(z.detach().double().cpu().numpy())
+        tsne = TSNE(n_components=2, perplexity=min(30.0, (z.shape[0] - 1) / 3), init="pca",
+                    random_state=seed)
+        # scikit-learn's OpenMP threads and torch's spin against each other on a small
+        # machine (43 s instead of 6 s on two busy cores); one thread is plenty here.
+        with threadpool_limits(limits=1, user_api="openmp"):
+            xy = tsne.fit_transform(z.detach().double().cpu().numpy())
         for i, c in enumerate(classes.tolist()):
             pick = (labels == c).numpy()
             ax.scatter(xy[pick, 0], xy[pick, 1], s=12, color=plt.get_cmap("tab20")(i % 20))
