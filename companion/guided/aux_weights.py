@@ -10,19 +10,20 @@ held-out data, after that step, depends on :math:`\lambda`. With step size :math
 
 .. math::
 
-    \theta'(\lambda) = \theta - \alpha \big(\nabla \mathcal L_\text{pri}^{A}(\theta)
-        + \lambda \nabla \mathcal L_\text{aux}^{A}(\theta)\big), \qquad
-    \frac{\partial \mathcal L_\text{pri}^{B}(\theta'(\lambda))}{\partial \lambda}
-    = -\alpha\, \nabla \mathcal L_\text{pri}^{B}(\theta')^\top
-      \nabla \mathcal L_\text{aux}^{A}(\theta),
+    \theta'(\lambda) = \theta - \alpha \big(\nabla \mathcal L_\text{pri}^{a}(\theta)
+        + \lambda \nabla \mathcal L_\text{aux}^{a}(\theta)\big), \qquad
+    \frac{\partial \mathcal L_\text{pri}^{b}(\theta'(\lambda))}{\partial \lambda}
+    = -\alpha\, \nabla \mathcal L_\text{pri}^{b}(\theta')^\top
+      \nabla \mathcal L_\text{aux}^{a}(\theta),
 
-where ``A`` is the data the step trains on and ``B`` held-out data of the primary task. The
-hypergradient is exact for one step and needs no Hessian, only two gradients: the weight
-grows when the auxiliary gradient agrees with the held-out primary gradient and shrinks
-when it disagrees. This is the one-step special case of the bilevel view of auxiliary
-learning (Navon et al., 2021, *Auxiliary Learning by Implicit Differentiation*; Raghu et al.,
-2021, *Meta-Learning to Improve Pre-Training*, which learn pre-training hyper-parameters the
-same way); gradient-similarity weighting (Du et al., 2018) is its sign.
+where ``a`` is the data the step trains on and ``b`` held-out data of the primary task (the
+halves the code's ``_a`` and ``_b`` arguments name). The hypergradient is exact for one step
+and needs no Hessian, only two gradients: the weight grows when the auxiliary gradient
+agrees with the held-out primary gradient and shrinks when it disagrees. This is the
+one-step special case of the bilevel view of auxiliary learning (Navon et al., 2021,
+*Auxiliary Learning by Implicit Differentiation*; Raghu et al., 2021, *Meta-Learning to
+Improve Pre-Training*, which learn pre-training hyper-parameters the same way);
+gradient-similarity weighting (Du et al., 2018) is its sign.
 
 :func:`lookahead_hypergradient` computes it with ``torch.func.functional_call``, for any
 losses written as functions of a parameter dict. :class:`LogWeight` keeps
@@ -47,14 +48,14 @@ def lookahead_hypergradient(params: Params, primary_a: Callable[[Params], torch.
                             auxiliary_a: Callable[[Params], torch.Tensor],
                             primary_b: Callable[[Params], torch.Tensor], *, weight: float,
                             step_size: float) -> tuple[float, dict[str, float]]:
-    r"""``d L_pri^B(theta'(lambda)) / d lambda`` at ``weight``, after one SGD step on ``A``.
+    r"""``d L_pri^b(theta'(lambda)) / d lambda`` at ``weight``, after one SGD step on ``a``.
 
     Args:
         params: the parameters :math:`\theta` the step moves (tensors with
             ``requires_grad``; parameters a loss does not use get a zero gradient).
-        primary_a, auxiliary_a: the primary and auxiliary losses on the training data ``A``,
+        primary_a, auxiliary_a: the primary and auxiliary losses on the training data ``a``,
             as functions of a parameter dict.
-        primary_b: the primary loss on held-out data ``B``.
+        primary_b: the primary loss on held-out data ``b``.
         weight: :math:`\lambda`; step_size: :math:`\alpha`.
 
     Returns:

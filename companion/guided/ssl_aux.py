@@ -154,8 +154,8 @@ class WithAuxiliary(nn.Module):
         return primary + self.lam * aux_loss, out
 
     def hypergradient(self, batch: TaskBatch) -> tuple[float, dict[str, float]]:
-        """:func:`lookahead_hypergradient` with one half of the batch as ``A`` and the other
-        as ``B`` (:func:`halves`)."""
+        """:func:`lookahead_hypergradient` with one half of the batch as ``a`` and the other
+        as ``b`` (:func:`halves`)."""
         a, b = halves(batch)
         learner_names = {id(p): n for n, p in self.learner.named_parameters()}
         params = dict(self.learner.named_parameters())

@@ -12,14 +12,15 @@ images are that class's support and queries. The paper's three ways to draw a co
 
     \text{N (noise):}\quad z' = z_i + \epsilon, \ \epsilon \sim \mathcal N(0, \sigma^2 I);
     \qquad
-    \text{RO (random out-of-class):}\quad z' = z_i + \alpha (v - z_i), \ v \sim \mathcal N(0, I);
+    \text{RO (random out-of-class):}\quad z' = z_i + \gamma (v - z_i), \ v \sim \mathcal N(0, I);
 
 .. math::
 
-    \text{OC (other classes):}\quad z' = z_i + \alpha (z_j - z_i), \ j \ne i \text{ another anchor}.
+    \text{OC (other classes):}\quad z' = z_i + \gamma (z_j - z_i), \ j \ne i \text{ another anchor}.
 
 The interpolations move *towards* a code of another class, but by a ratio
-:math:`\alpha < 1/2` that keeps :math:`z'` nearer its own anchor; they produce in-class
+:math:`\gamma < 1/2` (the paper's :math:`\alpha`, which this book keeps for MAML's inner
+step) that keeps :math:`z'` nearer its own anchor; they produce in-class
 samples that differ along directions that matter, where noise moves in random ones.
 
 **Anchors.** With a GAN the anchors are prior samples :math:`z \sim \mathcal N(0, I)`,
@@ -30,8 +31,8 @@ codes of the unlabeled pool (the VAE's posterior means), or leave it ``None`` to
 the prior with ``min_distance``.
 
 Defaults here are the official code's ProtoNets-VAE runner for Omniglot (RO with
-:math:`\alpha = 0.4`); its runners also use N with :math:`\sigma` from 0.5 to 2 and OC
-with :math:`\alpha` 0.2 or 0.4. The generator here is chapter 4's VAE, trained for
+:math:`\gamma = 0.4`); its runners also use N with :math:`\sigma` from 0.5 to 2 and OC
+with :math:`\gamma` 0.2 or 0.4. The generator here is chapter 4's VAE, trained for
 minutes, whose samples are blurrier than the paper's GANs: the tasks are as good as the
 generator, which is the method's strength and its limit.
 
@@ -59,7 +60,7 @@ class LASIUM:
         latent_dim: the codes' dimension.
         ways, shots, queries: the tasks' shape ``N``, ``K``, ``Q``.
         variant: ``"n"``, ``"ro"`` or ``"oc"`` (module docstring).
-        ratio: ``alpha`` of RO and OC, in ``(0, 0.5)``.
+        ratio: ``gamma`` of RO and OC (the paper's ``alpha``), in ``(0, 0.5)``.
         noise: ``sigma`` of N.
         anchors: codes to draw the anchors from, ``(M, latent_dim)`` (e.g. the VAE's posterior
             means of the unlabeled images); ``None`` samples the prior.

@@ -3,26 +3,27 @@ r"""PsCo: few-shot tasks pseudo-labelled online from a momentum queue (Jang, Lee
 *Unsupervised Meta-Learning via Few-shot Pseudo-supervised Contrastive Learning* (ICLR
 2023). UMTRA builds a task from one image per class; CACTUs fixes its pseudo-classes once.
 PsCo builds a **fresh N-way K-shot task at every step** from the batch and a MoCo queue
-(chapter 5): the ``B`` images of the batch are the ``N = B`` classes, and the shots of
+(chapter 5): the ``N`` images of the batch are the task's ``N`` classes, and the shots of
 class ``i`` are the ``K`` queued keys that a balanced assignment gives to image ``i``.
 
 For a batch with two views, the online network gives queries
 :math:`q_i = h(g(f(x^1_i)))` (backbone, projector, predictor) and the momentum network
 keys :math:`z_i = g'(f'(x^2_i))`, all unit vectors. With the queue
-:math:`\mathcal Q = \{\kappa_1..\kappa_M\}` of past keys:
+:math:`\mathcal M = \{\kappa_1..\kappa_{|\mathcal M|}\}` of past keys (the paper's
+:math:`\mathcal Q`; this book keeps that letter for query sets):
 
-1. **Pseudo-labels.** :math:`A = \operatorname{Sinkhorn}(z \mathcal Q^\top)`, a
-   ``(B, M)`` soft assignment whose rows and columns are balanced (SwAV's Sinkhorn-Knopp
+1. **Pseudo-labels.** :math:`A = \operatorname{Sinkhorn}(z \mathcal M^\top)`, an
+   ``(N, |M|)`` soft assignment whose rows and columns are balanced (SwAV's Sinkhorn-Knopp
    with :math:`\varepsilon = 0.05`, 3 iterations, :func:`sinkhorn`), so that no queue
    entry is every image's neighbour.
 2. **The task.** The shots of class ``i`` are the ``K`` keys :math:`\kappa` with the largest
    :math:`A_{i\cdot}` (:func:`pseudo_shots`); its query is :math:`q_i`.
 3. **The loss** is a supervised-contrastive loss on that task (temperature :math:`\tau'`),
-   every query against all ``B K`` shots,
+   every query against all ``N K`` shots,
 
    .. math::
 
-       \mathcal L_\text{PsCo} = \frac1B \sum_i \Big[\log \sum_{j,k} e^{q_i \cdot s_{jk} / \tau'}
+       \mathcal L_\text{PsCo} = \frac1N \sum_i \Big[\log \sum_{j,k} e^{q_i \cdot s_{jk} / \tau'}
            - \frac1K \sum_k q_i \cdot s_{ik} / \tau'\Big],
 
    plus MoCo's InfoNCE of :math:`q_i` against its key :math:`z_i` and the queue

@@ -12,9 +12,9 @@ task of any source, labelled or not (UMTRA's view episodes are chapter 8's case:
 with four times the classes, and the rotations of one image as hard negatives).
 
 For a task with support :math:`\{(x_i, y_i)\}`, queries :math:`\{(x'_j, y'_j)\}` and
-:math:`N` classes, the rotated task has classes :math:`r N + c` for rotation
+:math:`N` classes, the rotated task has classes :math:`r N + k` for rotation
 :math:`r \in \{0, 1, 2, 3\}` (:math:`r` quarter-turns counter-clockwise,
-``torch.rot90(x, r, dims=(-2, -1))``, exact on the pixel grid) and class :math:`c`:
+``torch.rot90(x, r, dims=(-2, -1))``, exact on the pixel grid) and class :math:`k`:
 
 .. math::
 
@@ -63,7 +63,7 @@ def rotate_classes(batch: TaskBatch) -> TaskBatch:
     Shape:
         - batch: support ``(T, N*K, C, H, H)``, query ``(T, N*Q, C, H, H)``
         - returns: support ``(T, 4*N*K, C, H, H)``, query ``(T, 4*N*Q, C, H, H)``; class
-          ``c`` in rotation ``r`` is label ``r*N + c``
+          ``k`` in rotation ``r`` is label ``r*N + k``
     """
     if not isinstance(batch, TaskBatch):
         raise TypeError(f"rotate_classes expects a TaskBatch; got {type(batch).__name__}")
