@@ -4,6 +4,7 @@ Examples::
 
     python -m companion data info glyphs
     python -m companion data info omniglot            # needs the cache or the network
+    python -m companion data info cifar_fs            # the same (CIFAR-100's 161 MB archive)
     python -m companion data episode glyphs --ways 5 --shots 1 --out episode.png
     python -m companion train protonet --dataset omniglot --ways 5 --shots 1 --profile cpu
     python -m companion eval --checkpoint runs/protonet-omniglot-5w1s/checkpoint.pt --shots 5
@@ -18,7 +19,8 @@ Where the settings come from: ``--ways/--shots/--queries`` shape the test episod
 training recipe (training episodes, steps, tasks or images per step, optimiser, Omniglot's
 rotations, config fields) is the method's preset for the profile (``--profile`` or
 ``$COMPANION_PROFILE``; see :data:`companion.methods.REGISTRY`), then the method's
-optimiser, then the profile's sizes, and each flag overrides its part. ``--set
+optimiser, then the profile's sizes (images at the profile's ``image_size``, except
+``cifar_fs``, which keeps the benchmark's 32x32), and each flag overrides its part. ``--set
 FIELD=VALUE`` (repeatable) sets a field of the method's config dataclass and nothing else
 (an unknown field is an error naming the allowed ones); at ``eval`` it overrides the trained
 value (test-time fields such as ``inner_steps_test``; fields that change the weights' shapes
@@ -83,7 +85,9 @@ SPLITS: dict[str, tuple[str, str | None, str]] = {  # (train, validation, test) 
     # "val" split is part of the background set, so validating on it would measure
     # training classes: validate with --train-split train --val-split val instead.
     "omniglot": ("background", None, "evaluation"),
+    "cifar_fs": ("train", "val", "test"),  # Bertinetto et al.'s 64/16/20 classes
 }
+IMAGE_SIZES = {"cifar_fs": 32}  # the benchmark's size; every other dataset: the profile's
 
 
 def _positive(text: str) -> int:
@@ -142,7 +146,8 @@ def _data_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{args.name}: {len(rows)} split(s); images are ink = 1 in [0, 1]")
+    pixels = "RGB" if rows[0]["image_shape"][0] == 3 else "ink = 1"
+    print(f"{args.name}: {len(rows)} split(s); images are {pixels} in [0, 1]")
     print(f"{'split':<12}{'classes':>8}{'images':>9}{'per class':>11}  {'shape':<14}source")
     for r in rows:
         shape = "x".join(str(s) for s in r["image_shape"])
@@ -254,7 +259,8 @@ def _train(args: argparse.Namespace) -> int:
             "test_split": test_split, "ways": args.ways, "shots": args.shots,
             "queries": args.queries, "train_ways": recipe["train_ways"],
             "train_shots": recipe["train_shots"], "train_queries": recipe["train_queries"],
-            "image_size": profile.image_size, "rotations": recipe["rotations"],
+            "image_size": IMAGE_SIZES.get(args.dataset, profile.image_size),
+            "rotations": recipe["rotations"],
             "glyph_alphabets": profile.glyph_alphabets, "seed": args.seed,
             "tasks": args.tasks, "task_options": recipe["options"], "encoder": args.encoder,
             "unlabeled": args.unlabeled, "mix": args.mix, "generator": args.generator}
@@ -292,7 +298,7 @@ def _train(args: argparse.Namespace) -> int:
                             "checkpoint_every": every, "seed": args.seed,
                             "device": args.device, "amp": args.amp})
     learner_spec = {"method": method.name, "ways": data["train_ways"],
-                    "image_size": profile.image_size,
+                    "image_size": data["image_size"],
                     "in_channels": train_set.image_shape[0],
                     "width": args.width or recipe.get("width") or profile.width,
                     "seed": args.seed, **recipe["set"]}

@@ -63,12 +63,12 @@ def test_argument_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_omniglot_without_data_names_the_files(tmp_path, monkeypatch, capsys) -> None:
-    import companion.data.omniglot as omniglot
+    import companion.data.archives as archives
 
     def offline(*args, **kwargs):
         raise ConnectionError("no network in this test")
 
-    monkeypatch.setattr(omniglot, "_download", offline)
+    monkeypatch.setattr(archives, "download_file", offline)
     monkeypatch.setenv("COMPANION_DATA", str(tmp_path))
     assert main(["data", "info", "omniglot"]) == 2
     err = capsys.readouterr().err
@@ -82,6 +82,55 @@ def test_omniglot_info_from_the_cache(omniglot_root, monkeypatch, capsys) -> Non
     rows = {r["split"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["background"]["classes"] == 964 and rows["evaluation"]["classes"] == 659
     assert rows["background"]["images_per_class"] == 20 == rows["evaluation"]["images_per_class"]
+
+
+def test_cifar_fs_without_data_names_the_archive(tmp_path, monkeypatch, capsys) -> None:
+    import companion.data.archives as archives
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network in this test")
+
+    monkeypatch.setattr(archives, "download_file", offline)
+    monkeypatch.setenv("COMPANION_DATA", str(tmp_path))
+    assert main(["data", "info", "cifar_fs", "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "cifar-100-python.tar.gz" in err and str(tmp_path / "cifar_fs") in err
+    assert err.count("\n") == 1
+
+
+@pytest.fixture
+def cifar_fs_root(tmp_path, monkeypatch):
+    """A data root with CIFAR-FS caches built from a small synthetic CIFAR-100 archive."""
+    import companion.data.archives as archives
+    from companion.data.cifar_fs import ARCHIVE_NAME, build_cifar_fs_cache
+    from tests.data.test_cifar_fs import fail_download, make_parts, write_archive
+
+    monkeypatch.setattr(archives, "download_file", fail_download)
+    (tmp_path / "cifar_fs").mkdir()
+    md5 = write_archive(tmp_path / "cifar_fs" / ARCHIVE_NAME, make_parts())
+    build_cifar_fs_cache(tmp_path, known_hash=md5)
+    return tmp_path
+
+
+def test_cifar_fs_info_from_the_cache(cifar_fs_root, capsys) -> None:
+    assert main(["data", "info", "cifar_fs", "--root", str(cifar_fs_root), "--json"]) == 0
+    rows = {r["split"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {s: r["classes"] for s, r in rows.items()} == {"train": 64, "val": 16, "test": 20}
+    assert all(r["image_shape"] == [3, 32, 32] and r["images_per_class"] == 3
+               for r in rows.values())
+    assert main(["data", "info", "cifar_fs", "--root", str(cifar_fs_root)]) == 0
+    assert "images are RGB in [0, 1]" in capsys.readouterr().out
+
+
+def test_train_on_cifar_fs_keeps_32x32_colour(cifar_fs_root, monkeypatch) -> None:
+    run = planned_run(["train", "protonet", "--dataset", "cifar_fs", "--root",
+                       str(cifar_fs_root), "--profile", "smoke", "--no-eval", "--quiet",
+                       "--shots", "1", "--queries", "2"], monkeypatch)
+    learner, data = run["spec"]["learner"], run["spec"]["data"]
+    assert (learner["image_size"], learner["in_channels"]) == (32, 3)  # not the profile's 28
+    assert (data["train_split"], data["val_split"], data["test_split"]) == ("train", "val",
+                                                                            "test")
+    assert run["train"].dataset.image_shape == (3, 32, 32)
 
 
 # `python -m companion train|eval`, with a toy learner patched in so that these tests need

@@ -10,7 +10,11 @@ name           what                                                needs
 ``glyphs``     procedural Omniglot-like characters (the default)   nothing
 ``digits``     scikit-learn's 8x8 handwritten digits               nothing
 ``omniglot``   Lake et al.'s 1,623 characters x 20 drawers         download or cache
+``cifar_fs``   CIFAR-100 as 64/16/20 classes of 32x32 colour       download or cache
 =============  ==================================================  =====================
+
+Grey-scale sets have one channel with ink = 1 and paper = 0; ``cifar_fs`` has three (RGB
+intensities, 0 = black).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 from typing import Any
 
 from companion.data.base import ImageDataset, resize_images
+from companion.data.cifar_fs import CIFAR_FS_SPLITS, load_cifar_fs
 from companion.data.digits import DIGITS_SPLITS, load_digits
 from companion.data.episodes import Episode, EpisodeSampler, TaskBatch
 from companion.data.glyphs import GLYPH_SPLITS, load_glyphs
@@ -29,6 +34,7 @@ DATASETS: dict[str, tuple[str, ...]] = {
     "glyphs": tuple(GLYPH_SPLITS),
     "digits": DIGITS_SPLITS,
     "omniglot": OMNIGLOT_SPLITS,
+    "cifar_fs": CIFAR_FS_SPLITS,
 }
 """Every dataset name and its splits."""
 
@@ -41,16 +47,20 @@ def load_dataset(
     image_size: int | None = None,
     **options: Any,
 ) -> ImageDataset:
-    """Load a dataset split as an :class:`ImageDataset` (images in ``[0, 1]``, ink = 1).
+    """Load a dataset split as an :class:`ImageDataset` (images in ``[0, 1]``).
+
+    Grey-scale sets (glyphs, digits, omniglot) have one channel, ink = 1; ``cifar_fs`` has
+    three, RGB intensities (0 = black).
 
     Args:
-        name: one of :data:`DATASETS` (``"glyphs"``, ``"digits"``, ``"omniglot"``).
+        name: one of :data:`DATASETS` (``"glyphs"``, ``"digits"``, ``"omniglot"``,
+            ``"cifar_fs"``).
         split: a split of that dataset (``"train"``, ``"val"``, ``"test"``, ...).
         root: data folder for downloaded datasets (default: ``$COMPANION_DATA`` or the user
             cache folder); ignored by the generated and bundled ones.
-        image_size: side of the square images (default 28; 8 for digits).
+        image_size: side of the square images (default 28; 8 for digits, 32 for cifar_fs).
         **options: dataset-specific options, e.g. ``seed``/``alphabets`` for glyphs,
-            ``rotations``/``download`` for omniglot.
+            ``rotations``/``download`` for omniglot, ``download`` for cifar_fs.
 
     Raises:
         ValueError: unknown name, split or option value.
@@ -66,6 +76,8 @@ def load_dataset(
         return load_glyphs(split, image_size=image_size or 28, **options)
     if name == "digits":
         return load_digits(split, image_size=image_size or 8, **options)
+    if name == "cifar_fs":
+        return load_cifar_fs(split, root=root, image_size=image_size or 32, **options)
     return load_omniglot(split, root=root, image_size=image_size or 28, **options)
 
 
@@ -78,6 +90,7 @@ __all__ = [
     "TaskBatch",
     "data_root",
     "dataset_dir",
+    "load_cifar_fs",
     "load_dataset",
     "load_digits",
     "load_glyphs",

@@ -1,12 +1,13 @@
 """The one in-memory form every dataset takes: a labelled stack of images.
 
-Every loader in :mod:`companion.data` (``glyphs``, ``digits``, ``omniglot``) returns a
-:class:`ImageDataset`. Episode samplers, probes and training loops read only this, so a
-new dataset is one function that builds one.
+Every loader in :mod:`companion.data` (``glyphs``, ``digits``, ``omniglot``, ``cifar_fs``)
+returns a :class:`ImageDataset`. Episode samplers, probes and training loops read only
+this, so a new dataset is one function that builds one.
 
 Images are ``float32`` in ``[0, 1]`` with channels first. For the grey-scale sets
 (glyphs, digits, Omniglot) **ink is 1 and paper is 0**, so a blank image is all zeros and
-"distance between images" measures the ink that differs.
+"distance between images" measures the ink that differs. The colour set (CIFAR-FS) has
+three channels of RGB intensity, 0 being black: there a blank image is not zero.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ class ImageDataset:
     Args:
         name: the dataset's name, as passed to :func:`companion.data.load_dataset`.
         split: which split this is (``"train"``, ``"val"``, ``"test"``, ...).
-        images: the images, ink = 1.
+        images: the images in ``[0, 1]`` (grey-scale: ink = 1; colour: RGB intensities).
         labels: the class of each image, ``0..C-1`` (every class has at least one image).
         groups: for each class, the id of its group (the alphabet for glyphs and
-            Omniglot; the class itself where there are no groups).
+            Omniglot, the CIFAR-100 superclass for CIFAR-FS; the class itself where there
+            are no groups).
         class_names: a readable name per class.
         source: where the data came from (a cache path, or ``"generated"``).
 

@@ -27,17 +27,15 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
-import pooch
-import requests
 import torch
 from PIL import Image
 
 from companion.checks import check_int
+from companion.data.archives import fetch_archive, save_npz_atomic
 from companion.data.base import ImageDataset, resize_images
 from companion.data.paths import DatasetNotFoundError, dataset_dir
 
@@ -148,7 +146,8 @@ def _cached_set(set_name: str, *, root: str | os.PathLike[str] | None, download:
     if not cache.exists():
         archive = _ensure_archive(set_name, folder, download, known_hash or OMNIGLOT_MD5[set_name])
         images, labels, alphabets = parse_omniglot_archive(archive)
-        _save_npz_atomic(cache, images=images, labels=labels, alphabets=np.array(alphabets))
+        save_npz_atomic(cache, {"images": images, "labels": labels,
+                                "alphabets": np.array(alphabets)})
     with np.load(cache, allow_pickle=False) as npz:
         images, labels = npz["images"], npz["labels"]
         alphabets = [str(a) for a in npz["alphabets"]] if "alphabets" in npz.files else None
@@ -159,42 +158,11 @@ def _cached_set(set_name: str, *, root: str | os.PathLike[str] | None, download:
     return images, alphabets, cache
 
 
-def _download(url: str, known_hash: str, folder: Path, fname: str) -> Path:
-    """pooch's download: a temporary file in ``folder``, moved to ``fname`` once verified.
-
-    On a checksum mismatch pooch deletes the temporary file and raises ``ValueError``.
-    """
-    # pooch announces the download on stderr, which a built chapter would show as an error
-    # output; say it on stdout instead.
-    print(f"downloading {url} into {folder}", flush=True)
-    logger = pooch.get_logger()
-    level = logger.level
-    logger.setLevel("WARNING")
-    try:
-        return Path(pooch.retrieve(url, known_hash=known_hash, fname=fname, path=folder))
-    finally:
-        logger.setLevel(level)
-
-
 def _ensure_archive(set_name: str, folder: Path, download: bool, known_hash: str) -> Path:
     """The verified zip in ``folder``: checked if present, else downloaded (or an error)."""
-    path = folder / f"images_{set_name}.zip"
-    if path.exists():
-        algorithm, _, expected = known_hash.rpartition(":")
-        algorithm = algorithm or "sha256"  # pooch's default for a bare hash
-        actual = pooch.file_hash(str(path), alg=algorithm)
-        if actual != expected.lower():
-            path.unlink()
-            raise ValueError(f"{path} is corrupt ({algorithm} {actual}, expected {expected}) "
-                             f"and was deleted; download it again from {OMNIGLOT_URL}/"
-                             f"{path.name}")
-        return path
-    if not download:
-        raise _not_found(set_name, folder, "download=False")
-    try:
-        return _download(f"{OMNIGLOT_URL}/{path.name}", known_hash, folder, path.name)
-    except (requests.exceptions.RequestException, ConnectionError, TimeoutError) as err:
-        raise _not_found(set_name, folder, f"the download failed: {err!r}") from err
+    name = f"images_{set_name}.zip"
+    return fetch_archive(f"{OMNIGLOT_URL}/{name}", known_hash, folder / name, download=download,
+                         not_found=lambda reason: _not_found(set_name, folder, reason))
 
 
 def _not_found(set_name: str, folder: Path, reason: str) -> DatasetNotFoundError:
@@ -210,19 +178,6 @@ def _not_found(set_name: str, folder: Path, reason: str) -> DatasetNotFoundError
         f"them in {folder}, or set COMPANION_DATA to a data root whose omniglot/ folder "
         "has them."
     )
-
-
-def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    """``np.savez_compressed`` to a temporary file next to ``path``, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.savez_compressed(file, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):  # only when something failed before os.replace
-            os.unlink(tmp)
 
 
 def load_omniglot(split: str = "train", *, root: str | os.PathLike[str] | None = None,

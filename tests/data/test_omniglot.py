@@ -19,7 +19,7 @@ import requests
 import torch
 from PIL import Image
 
-from companion.data import omniglot
+from companion.data import archives, omniglot
 from companion.data.omniglot import (
     OMNIGLOT_SPLITS,
     load_omniglot,
@@ -134,7 +134,7 @@ def test_parse_rejects_malformed_archives(tmp_path, problem):
 
 @needs_small_zip
 def test_cache_built_from_archive_round_trips(tmp_path, monkeypatch):
-    monkeypatch.setattr(omniglot, "_download", fail_download)
+    monkeypatch.setattr(archives, "download_file", fail_download)
     folder = tmp_path / "omniglot"
     folder.mkdir()
     (folder / "images_background.zip").write_bytes(SMALL_ZIP.read_bytes())
@@ -159,18 +159,6 @@ def test_cache_built_from_archive_round_trips(tmp_path, monkeypatch):
     assert torch.unique(data.groups).tolist() == [0, 1, 2, 3, 4]
     assert torch.equal(data.images[:, 0], torch.from_numpy(~expected).reshape(-1, 105, 105).float())
     assert data.source == str(folder / "images_background.npz")
-
-
-def test_failed_cache_write_leaves_nothing(tmp_path, monkeypatch):
-    def savez_then_crash(file, **arrays):
-        file.write(b"half an npz")
-        raise OSError("disk full (test)")
-
-    monkeypatch.setattr(omniglot.np, "savez_compressed", savez_then_crash)
-    target = tmp_path / "omniglot" / "images_background.npz"
-    with pytest.raises(OSError, match="disk full"):
-        omniglot._save_npz_atomic(target, images=np.zeros((1, 20, 105, 105), dtype=bool))
-    assert files_under(tmp_path) == []
 
 
 # -------------------------------------------------------------------------------- errors
@@ -204,7 +192,7 @@ def test_offline_download_fails_cleanly(tmp_path, monkeypatch):
 
 
 def test_corrupt_archive_is_removed(tmp_path, monkeypatch):
-    monkeypatch.setattr(omniglot, "_download", fail_download)
+    monkeypatch.setattr(archives, "download_file", fail_download)
     folder = tmp_path / "omniglot"
     folder.mkdir()
     (folder / "images_background.zip").write_bytes(b"not the official zip")
@@ -243,7 +231,7 @@ def shared_npz():
 @pytest.mark.parametrize("split, classes", [("background", 964), ("evaluation", 659)])
 def test_shared_sets_at_28(split, classes, monkeypatch):
     monkeypatch.setenv("COMPANION_DATA", str(SHARED))  # the default root; read-only folder
-    monkeypatch.setattr(omniglot, "_download", fail_download)
+    monkeypatch.setattr(archives, "download_file", fail_download)
     data = load_omniglot(split)
     assert data.num_classes == classes and len(data) == classes * 20
     assert data.images.shape == (classes * 20, 1, 28, 28) and data.images.dtype == torch.float32
