@@ -9,6 +9,7 @@ Examples::
     python -m companion train protonet --dataset omniglot --ways 5 --shots 1 --profile cpu
     python -m companion eval --checkpoint runs/protonet-omniglot-5w1s/checkpoint.pt --shots 5
     python -m companion train maml --dataset omniglot --set inner_steps_test=3 --lr 3e-4
+    torchrun --nproc_per_node=2 -m companion train simclr --dataset glyphs --device cpu
 
 ``train`` meta-trains on the dataset's training split, validates on its validation split,
 leaves ``checkpoint.pt`` and ``metrics.json`` in ``--out`` (it resumes from a checkpoint
@@ -43,7 +44,7 @@ from typing import Any
 
 import torch
 
-from companion import methods
+from companion import distributed, methods
 from companion.data import (
     DATASETS,
     DatasetNotFoundError,
@@ -242,6 +243,17 @@ def _recipe(args: argparse.Namespace, method: methods.Method, profile: Profile) 
 
 
 def _train(args: argparse.Namespace) -> int:
+    """``train``, in one process or, under ``torchrun``, on every rank (see
+    :mod:`companion.distributed`): ``fit`` splits each batch over the ranks and rank 0
+    alone writes the files, prints and runs the test evaluation."""
+    distributed.setup(args.device)  # under torchrun: join the group; CUDA: GPU LOCAL_RANK
+    try:
+        return _train_run(args)
+    finally:
+        distributed.teardown()
+
+
+def _train_run(args: argparse.Namespace) -> int:
     method = methods.get(args.method)
     profile = get_profile(args.profile)
     recipe = _recipe(args, method, profile)
@@ -311,7 +323,14 @@ def _train(args: argparse.Namespace) -> int:
         methods.load_encoder(methods.encoder_of(learner), encoder)
     out = Path(args.out or Path("runs") / f"{args.method}-{args.dataset}-{args.ways}w{args.shots}s")
     result = fit(learner, train, config, val_sampler=val, out_dir=out, resume=not args.restart,
-                 progress=not args.quiet, spec={"learner": learner_spec, "data": data})
+                 progress=not args.quiet, spec={"learner": learner_spec, "data": data},
+                 stop_after=args.stop_after)
+    if not distributed.is_main():
+        return 0  # rank 0 reports and tests
+    if not result.finished:
+        print(f"stopped after step {result.step} of {config.steps}; saved {out / CHECKPOINT} "
+              "(run the same command again to resume)")
+        return 0
     best = result.best_val
     print(f"trained {args.method} on {args.dataset}/{train_split} for {result.step} steps "
           f"in {result.train_seconds:.1f} s" + (f"; best validation accuracy "
@@ -587,6 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--restart", action="store_true",
                        help="ignore a checkpoint in --out instead of resuming from it")
     train.add_argument("--no-eval", action="store_true", help="skip the test evaluation")
+    train.add_argument("--stop-after", type=_positive, default=None, metavar="STEP",
+                       help="stop after this many steps with a checkpoint, as if interrupted "
+                            "(the same command without it resumes)")
     train.add_argument("--out", default=None,
                        help="output folder (default: runs/METHOD-DATASET-NwKs)")
     train.set_defaults(run=_train)

@@ -33,6 +33,18 @@ as a run that never stopped (``tests/test_train.py`` checks this).
 with ``config.seed`` (dropout, augmentations inside ``meta_loss``) and leaves the caller's
 random state as it was. Episodes come from the sampler's own generator.
 
+**Several processes.** Launched by ``torchrun`` (after :func:`companion.distributed.setup`),
+``fit`` trains data-parallel: ``config.meta_batch`` is the *global* batch, each of the ``W``
+ranks draws ``meta_batch / W`` tasks or images from its own streams (rank ``r`` reseeds
+every generator of the sampler and the learner, and its own torch stream, with
+:func:`~companion.distributed.rank_seed`), and ``meta_loss`` runs inside PyTorch's
+``DistributedDataParallel``, which averages the gradients over the ranks in ``backward``,
+so every rank takes the same optimiser step. The logged numbers are averaged over the ranks.
+Rank 0 alone validates, shows the progress bar and writes ``checkpoint.pt`` and
+``metrics.json``; the checkpoint holds every rank's random states (``rng_ranks``), so a
+resumed run equals one that never stopped, with the same number of ranks. What the split
+changes (batch statistics) and which learners are refused: :mod:`companion.distributed`.
+
 **Mixed precision.** With ``amp=True`` on CUDA, ``meta_loss`` runs under
 ``torch.autocast`` (bfloat16 by default; float16 adds a ``GradScaler`` so that small
 gradients do not underflow). On a CPU the flag is ignored: CPU autocast speeds up only
@@ -57,6 +69,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm  # a text bar in a terminal, a widget in a notebook
 
+from companion import distributed
 from companion.checks import check_int
 from companion.data.batches import ImageBatchSampler
 from companion.data.episodes import EpisodeSampler
@@ -211,9 +224,16 @@ def fit(
     :class:`~companion.data.batches.ImageBatchSampler`: their "meta-batch" is a batch of
     ``config.meta_batch`` unlabeled images.
 
+    In a ``torch.distributed`` run (see the module docstring) every rank calls ``fit`` with
+    the same arguments; ``config.meta_batch`` is the global batch, and only rank 0 writes
+    files, shows progress and validates (the other ranks' ``history["val"]`` stays empty).
+
     Raises:
         TypeError: ``learner`` or ``train_sampler`` lacks a method of its protocol.
-        ValueError: the checkpoint in ``out_dir`` was written with another config or spec.
+        ValueError: the checkpoint in ``out_dir`` was written with another config or spec
+            (or number of ranks); in a distributed run, a global batch that the number of
+            ranks does not divide, or a learner that cannot be split
+            (:func:`companion.distributed.check_distributable`).
     """
     check_learner(learner)
     check_task_source(train_sampler)
@@ -222,6 +242,13 @@ def fit(
         raise TypeError(f"fit trains an nn.Module (its parameters and state_dict); got "
                         f"{type(learner).__name__}")
     device = resolve_device(config.device)
+    if device.type == "cuda" and device.index is None:  # under torchrun: GPU LOCAL_RANK
+        device = torch.device("cuda", torch.cuda.current_device())  # (distributed.setup)
+    world, rank = distributed.world_size(), distributed.rank()
+    batch_size = distributed.local_batch(config.meta_batch)  # this rank's share
+    if world > 1:
+        distributed.check_distributable(learner)
+    progress = progress and rank == 0
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = getattr(torch, config.amp_dtype)
     spec = _plain({**(spec or {}), "train_episodes": _episodes(train_sampler),
@@ -235,26 +262,35 @@ def fit(
     path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     after_step = getattr(learner, "after_step", None)
     rngs = {"sampler": generators_of(train_sampler), "learner": generators_of(learner)}
+    if rank > 0:  # this rank's own streams (a checkpoint, if any, overrides them below)
+        for generators in rngs.values():
+            for g in generators.values():
+                g.manual_seed(distributed.rank_seed(g.initial_seed(), rank))
+    # DDP averages the gradients over the ranks in backward; it hooks a module's forward,
+    # which here is meta_loss (_MetaLoss). In one process the loss is computed directly.
+    meta_loss = learner.meta_loss if world == 1 else nn.parallel.DistributedDataParallel(
+        _MetaLoss(learner), device_ids=[device.index] if device.type == "cuda" else None)
     cuda = [torch.cuda.current_device() if device.index is None else device.index
             ] if device.type == "cuda" else []
 
     with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(config.seed)
+        torch.manual_seed(distributed.rank_seed(config.seed, rank))
         state: dict[str, Any] = {
             "step": 0, "history": {"train": [], "val": []}, "window": {}, "train_seconds": 0.0,
             "val_rng": _states(generators_of(val_sampler)) if val_sampler else None}
         if resume and path is not None and path.exists():
             state = load_checkpoint(path)
-            _check_same_run(path, state, config, spec, rngs)
+            _check_same_run(path, state, config, spec, rngs, world)
+            rng = state["rng_ranks"][rank] if world > 1 else state["rng"]
             learner.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["rng"]["torch"])
+            torch.set_rng_state(rng["torch"])
             for owner, generators in rngs.items():
-                _set_states(generators, state["rng"][owner])
+                _set_states(generators, rng[owner])
             if cuda:
-                torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+                torch.cuda.set_rng_state(rng["cuda"], device)
         step, history, window = state["step"], state["history"], state["window"]
         last = config.steps if stop_after is None else min(stop_after, config.steps)
         bar = tqdm(total=config.steps, initial=step, desc=type(learner).__name__,
@@ -262,11 +298,11 @@ def fit(
         start = time.perf_counter() - state["train_seconds"]
         learner.train()
         while step < last:
-            batch = train_sampler.sample_batch(config.meta_batch).to(device)
+            batch = train_sampler.sample_batch(batch_size).to(device)
             autocast = (torch.autocast(device.type, dtype=amp_dtype) if use_amp
                         else contextlib.nullcontext())
             with autocast:
-                loss, logs = learner.meta_loss(batch)
+                loss, logs = meta_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.grad_clip is not None:
@@ -278,7 +314,8 @@ def fit(
             step += 1
             if after_step is not None:  # state outside the gradient: a MoCo queue, a BYOL target
                 after_step(step, config.steps)
-            for key, value in {"loss": loss.item(), **logs}.items():
+            logs = distributed.mean_over_ranks({"loss": loss.item(), **logs})
+            for key, value in logs.items():
                 window.setdefault(key, []).append(float(value))
             if step % config.log_every == 0 or step == config.steps:
                 history["train"].append({"step": step, **{k: sum(v) / len(v)
@@ -286,7 +323,8 @@ def fit(
                 window = {}
                 bar.set_postfix({k: f"{v:.3f}" for k, v in history["train"][-1].items()
                                  if k in ("loss", "accuracy")})
-            if val_sampler is not None and (step % config.val_every == 0 or step == config.steps):
+            if val_sampler is not None and rank == 0 and (step % config.val_every == 0
+                                                          or step == config.steps):
                 _set_states(generators_of(val_sampler), state["val_rng"])  # the same episodes
                 result = evaluate_learner(learner, val_sampler, config.val_episodes, device=device)
                 history["val"].append({"step": step, "accuracy": result.accuracy,
@@ -294,25 +332,29 @@ def fit(
                 bar.set_description(f"{type(learner).__name__} val {100 * result.accuracy:.1f}%")
             bar.update(1)
             if path is not None and (step % config.checkpoint_every == 0 or step == last):
+                rng = {"torch": torch.get_rng_state(),
+                       **{owner: _states(g) for owner, g in rngs.items()},
+                       "cuda": torch.cuda.get_rng_state(device) if cuda else None}
+                rng_ranks = distributed.gather_objects(rng) if world > 1 else None
                 state = {
                     "format": CHECKPOINT_FORMAT, "step": step, "config": asdict(config),
                     "spec": spec,
                     "model": learner.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "rng": {"torch": torch.get_rng_state(),
-                            **{owner: _states(g) for owner, g in rngs.items()},
-                            "cuda": torch.cuda.get_rng_state(device) if cuda else None},
+                    "rng": rng, "world_size": world, "rng_ranks": rng_ranks,
                     "val_rng": state["val_rng"], "history": history, "window": window,
                     "train_seconds": time.perf_counter() - start,
                 }
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_write(path, lambda f, s=state: torch.save(s, f))
+                if rank == 0:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    _atomic_write(path, lambda f, s=state: torch.save(s, f))
         bar.close()
     result = TrainResult.from_checkpoint({**state, "step": step, "history": history,
                                           "config": asdict(config), "spec": spec,
                                           "train_seconds": time.perf_counter() - start})
-    if out_dir is not None:
+    if out_dir is not None and rank == 0:
         write_metrics(out_dir, result)
+    distributed.barrier()  # the files are written when fit returns, on every rank
     return result
 
 
@@ -323,7 +365,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     (``asdict(TrainConfig)``), ``spec``, ``model``, ``optimizer``, ``scheduler``, ``scaler``
     (state dicts), ``rng`` (``torch`` and ``cuda``: generator states or ``None``;
     ``sampler`` and ``learner``: ``{name: state}`` of their ``generators()``), ``val_rng``,
-    ``history``, ``window`` (logs of the unfinished history window), ``train_seconds``.
+    ``history``, ``window`` (logs of the unfinished history window), ``train_seconds``,
+    ``world_size`` (ranks that trained it; absent in older checkpoints: 1) and ``rng_ranks``
+    (every rank's ``rng``, in rank order, in a distributed run; else ``None``).
 
     Raises:
         ValueError: the file was written by an older version of ``fit``.
@@ -364,6 +408,17 @@ def write_metrics(out_dir: str | os.PathLike[str], result: TrainResult,
     return metrics
 
 
+class _MetaLoss(nn.Module):
+    """``learner.meta_loss`` as a module's ``forward``, the call that DDP wraps."""
+
+    def __init__(self, learner: nn.Module) -> None:
+        super().__init__()
+        self.learner = learner
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, Mapping[str, float]]:
+        return self.learner.meta_loss(batch)
+
+
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:
     lr_scheduler = torch.optim.lr_scheduler
     if config.schedule == "step":
@@ -394,7 +449,12 @@ def _set_states(generators: Mapping[str, torch.Generator],
 
 def _check_same_run(path: Path, state: Mapping[str, Any], config: TrainConfig,
                     spec: Mapping[str, Any],
-                    rngs: Mapping[str, Mapping[str, torch.Generator]]) -> None:
+                    rngs: Mapping[str, Mapping[str, torch.Generator]], world: int) -> None:
+    if state.get("world_size", 1) != world:
+        raise ValueError(f"{path} was written by a run on {state.get('world_size', 1)} "
+                         f"rank(s); this one has {world} (each rank's random streams are in "
+                         "the checkpoint): resume with the same number of processes, or pass "
+                         "resume=False (CLI: --restart)")
     for owner, generators in rngs.items():
         if set(state["rng"][owner]) != set(generators):
             raise ValueError(f"{path} saved the {owner}'s generators "

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from companion import distributed
 from companion.checks import check_int, check_positive
 from companion.nets import BatchNorm, NormFactory, make_norm
 
@@ -92,6 +93,44 @@ def nt_xent_logits(
     logits = (z @ z.T / temperature).masked_fill(self_pair, float("-inf"))  # (2N, 2N)
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)  # i <-> i+N
     return logits, targets
+
+
+def nt_xent_logits_global(
+    z1: torch.Tensor, z2: torch.Tensor, *, temperature: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`nt_xent_logits` of a global batch split over the ranks of a ``torch.distributed`` run.
+
+    With ``W`` ranks, each holding ``n`` of the global batch's ``N = W n`` images, the rows
+    are this rank's ``2n`` views and the columns the ``2N`` views of every rank, gathered
+    with their gradients (:func:`companion.distributed.gather_with_grad`), as SimCLR computes
+    the loss on its global batch split over TPU cores (Chen et al., 2020, sec. 2, *Training
+    with Large Batch Size*). The columns are in rank order, ``[z1; z2]`` of rank 0, then of
+    rank 1, ...; row ``i`` has ``-inf`` at its own column and targets its other view.
+
+    Each anchor's softmax runs over the same ``2N - 1`` other views as in one process, so
+    the cross-entropy averaged over this rank's anchors, then over the ranks, is the
+    one-process loss of the global batch. Since the gather's backward sums every rank's
+    gradient into the rows it came from, DDP's average of the ranks' gradients is exactly
+    that loss's gradient (``tests/test_distributed.py`` checks both). Without a process
+    group it is :func:`nt_xent_logits`.
+
+    Shape:
+        - z1, z2: ``(n, D)``, row ``i`` of each is a view of image ``i``
+        - returns: logits ``(2n, 2N)`` and targets ``(2n,)`` int64
+    """
+    check_temperature(temperature)
+    if z1.ndim != 2 or z1.shape[0] < 1:
+        raise ValueError(f"z1 and z2 must be (n, D) with n >= 1; got {tuple(z1.shape)}")
+    check_views(z1, z2, "z1 and z2")
+    n, device = z1.shape[0], z1.device
+    z = F.normalize(torch.cat([z1, z2]), dim=1)  # (2n, D), unit rows: dot = cosine
+    keys = distributed.gather_with_grad(z)  # (2N, D): [z1; z2] of rank 0, of rank 1, ...
+    first = 2 * n * distributed.rank()  # this rank's first column
+    rows = torch.arange(2 * n, device=device)
+    self_pair = torch.zeros(2 * n, keys.shape[0], dtype=torch.bool, device=device)
+    self_pair[rows, first + rows] = True
+    logits = (z @ keys.T / temperature).masked_fill(self_pair, float("-inf"))  # (2n, 2N)
+    return logits, first + (rows + n) % (2 * n)  # the other view: i <-> i + n
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float = 0.5) -> torch.Tensor:
@@ -210,7 +249,8 @@ class SimCLR(nn.Module):
         It reads the parameters and the inputs only, so it runs under
         ``torch.func.functional_call`` and ``torch.func.vmap`` (see :mod:`companion.ssl`).
         ``accuracy`` is the fraction of the ``2N`` anchors whose most similar other view is
-        their positive (1/(2N-1) by chance).
+        their positive (1/(2N-1) by chance). In a ``torch.distributed`` run the negatives
+        are every rank's views (:func:`nt_xent_logits_global`; not under ``vmap`` there).
 
         Shape:
             - x1, x2: ``(B, C, H, W)``, two augmentations of the same ``B`` images
@@ -219,7 +259,11 @@ class SimCLR(nn.Module):
         check_views(x1, x2)
         z1 = self.projector(self.encoder(x1))  # (B, out_dim)
         z2 = self.projector(self.encoder(x2))
-        logits, targets = nt_xent_logits(z1, z2, temperature=self.config.temperature)
+        tau = self.config.temperature
+        if distributed.is_initialized():  # the global batch's views are the negatives
+            logits, targets = nt_xent_logits_global(z1, z2, temperature=tau)
+        else:
+            logits, targets = nt_xent_logits(z1, z2, temperature=tau)
         loss = F.cross_entropy(logits, targets)
         accuracy = (logits.argmax(1) == targets).float().mean()
         return loss, {"loss": loss.detach(), "accuracy": accuracy.detach()}
