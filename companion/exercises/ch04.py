@@ -111,10 +111,10 @@ def _check_one_masking(out: object, tokens: torch.Tensor, ratio: float) -> Feedb
     keep = round(n * (1 - ratio))
     if tuple(kept.shape) != (b, keep, d):
         return wrong(EX2, f"at ratio {ratio} kept has shape {tuple(kept.shape)}; expected "
-                     f"{(b, keep, d)}: round(L (1 - ratio)) = {keep} of L = {n} tokens per image.",
-                     "keep = round(L * (1 - ratio)); int() rounds 4.9 down to 4.")
+                     f"{(b, keep, d)}: round(n_p (1 - ratio)) = {keep} of n_p = {n} tokens per "
+                     "image.", "keep = round(n_p * (1 - ratio)); int() rounds 4.9 down to 4.")
     if tuple(mask.shape) != (b, n) or not ((mask == 0) | (mask == 1)).all():
-        return wrong(EX2, f"mask must be (B, L) = {(b, n)} of zeros and ones; got shape "
+        return wrong(EX2, f"mask must be (B, n_p) = {(b, n)} of zeros and ones; got shape "
                      f"{tuple(mask.shape)}.")
     if not (mask.sum(1) == n - keep).all():
         return wrong(EX2, f"each row of mask must have {n - keep} ones (masked tokens); got "
@@ -132,14 +132,14 @@ def _check_one_masking(out: object, tokens: torch.Tensor, ratio: float) -> Feedb
         if not torch.equal(kept[row], tokens[row, origin[:, 1]]):
             return wrong(EX2, f"kept[{row}] changed the tokens' values.")
     if tuple(ids_restore.shape) != (b, n) or ids_restore.dtype != torch.int64:
-        return wrong(EX2, f"ids_restore must be an int64 tensor (B, L) = {(b, n)}; got "
+        return wrong(EX2, f"ids_restore must be an int64 tensor (B, n_p) = {(b, n)}; got "
                      f"{ids_restore.dtype} {tuple(ids_restore.shape)}.")
     if not (ids_restore.sort(1).values == torch.arange(n)).all():
-        return wrong(EX2, "each row of ids_restore must be a permutation of 0..L-1.")
+        return wrong(EX2, "each row of ids_restore must be a permutation of 0..n_p-1.")
     filler = torch.full((b, n - keep, d), -1.0)  # what the decoder's mask tokens would be
     restored = torch.cat([kept, filler], 1).gather(1, ids_restore[..., None].expand(-1, -1, d))
     if not torch.equal(restored[mask == 0], tokens[mask == 0]):
-        return wrong(EX2, "appending L - keep mask tokens to kept and gathering with "
+        return wrong(EX2, "appending n_p - keep mask tokens to kept and gathering with "
                      "ids_restore does not put the visible tokens back in place.",
                      "ids_restore is the inverse permutation of the shuffle: "
                      "ids_shuffle.argsort(dim=1).")
@@ -168,7 +168,7 @@ def check_mask_tokens(mask_tokens: Callable) -> Feedback:
         mask = masks[ratio] = run.value[1]
         if all(torch.equal(mask[0], m) for m in mask[1:]):
             return wrong(EX2, f"at ratio {ratio} every image got the same mask.",
-                         "draw noise of shape (B, L), one row per image, and sort each row.")
+                         "draw noise of shape (B, n_p), one row per image, and sort each row.")
     first = masks[0.75]
     again = attempt(EX2, mask_tokens, tokens, 0.75, torch.Generator().manual_seed(0))
     other = attempt(EX2, mask_tokens, tokens, 0.75, torch.Generator().manual_seed(1))
