@@ -1,8 +1,8 @@
 r"""Autoencoders: plain and denoising (Vincent et al., 2008), and their decoder.
 
 An **autoencoder** trains an encoder :math:`f` (images to vectors, ``h = f(x)``) together
-with a decoder :math:`g` that must rebuild the image from ``h``. Our :class:`Decoder`
-returns logits ``a = g(h)``; the reconstruction is :math:`\hat x = \sigma(a)`. For ink in
+with a decoder :math:`r` that must rebuild the image from ``h``. Our :class:`Decoder`
+returns logits ``a = r(h)``; the reconstruction is :math:`\hat x = \sigma(a)`. For ink in
 ``[0, 1]`` the loss is the *reconstruction cross-entropy* of Vincent et al. (sec. 2.2),
 summed over the ``d`` pixels of an image and averaged over the batch,
 
@@ -12,10 +12,11 @@ computed from the logits for stability; ``reconstruction="mse"`` uses the square
 :math:`\lVert x - \hat x\rVert^2` instead.
 
 **Denoising** (Vincent et al., 2008, sec. 2.3). A bottleneck is not needed if the encoder
-must undo a corruption :math:`\tilde x \sim q_D(\tilde x \mid x)`: the loss is
-:math:`L_H(x, \sigma(g(f(\tilde x))))`, the *clean* image as target. Masking noise, the
-paper's, zeroes a fixed number :math:`\nu d` of randomly chosen pixels of every image;
-``noise="gaussian"`` adds :math:`\mathcal N(0, \nu^2)` to every pixel (Vincent et al., 2010).
+must undo a corruption :math:`\tilde x = \operatorname{corrupt}(x, u)` (Vincent et al.'s
+:math:`q_\mathcal{D}`): the loss is :math:`L_H(x, \sigma(r(f(\tilde x))))`, the *clean*
+image as target. Masking noise, the paper's, zeroes a fixed number :math:`\nu d` of randomly
+chosen pixels of every image; ``noise="gaussian"`` adds :math:`\mathcal N(0, \nu^2)` to every
+pixel (Vincent et al., 2010).
 
 The variational autoencoder, which reuses :class:`Decoder`, is in :mod:`companion.ssl.vae`.
 
@@ -191,7 +192,7 @@ def corrupt_with(x: torch.Tensor, u: torch.Tensor, noise: str, level: float) -> 
 
 
 def corrupt(x: torch.Tensor, noise: str, level: float, generator: torch.Generator) -> torch.Tensor:
-    """Draw ``x_tilde ~ q_D(x_tilde | x)``: :func:`corrupt_with` of :func:`draw_corruption`.
+    """Draw ``x_tilde = corrupt(x, u)``: :func:`corrupt_with` of :func:`draw_corruption`.
 
     Shape:
         - x: ``(B, C, H, W)``; returns: same shape
@@ -258,7 +259,7 @@ class Autoencoder(nn.Module):
 
 
 class DenoisingAutoencoder(nn.Module):
-    """Reconstruct the clean ``x`` from ``x_tilde ~ q_D(x_tilde | x)`` (Vincent et al., 2008).
+    """Reconstruct the clean ``x`` from ``x_tilde = corrupt(x, u)`` (Vincent et al., 2008).
 
     Args:
         encoder, decoder: as for :class:`Autoencoder`.
@@ -287,7 +288,7 @@ class DenoisingAutoencoder(nn.Module):
     def forward(
         self, x: torch.Tensor, u: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``L(x, g(f(x_tilde)))`` per image, averaged, for the corruption drawn as ``u``.
+        """``L_H(x, r(f(x_tilde)))`` per image, averaged, for the corruption drawn as ``u``.
 
         The pure path: the caller draws ``u`` (:func:`draw_corruption`), so this is a
         function of the parameters and the inputs, safe under ``torch.func.functional_call``

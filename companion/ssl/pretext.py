@@ -1,11 +1,11 @@
 r"""Rotation prediction (Gidaris, Singh & Komodakis, 2018), a pretext task.
 
 A **pretext task** invents labels from the images themselves. Gidaris et al. rotate every
-image by one of :math:`K = 4` multiples of 90 degrees, :math:`g_y(x) = \operatorname{rot}(x,
-90y)` for :math:`y \in \{0, 1, 2, 3\}`, and train a classifier :math:`F` on top of the
-encoder to say which rotation it sees (sec. 2.1):
+image by one of four multiples of 90 degrees, :math:`\operatorname{rot}_y(x)` a turn by
+:math:`90y` degrees for :math:`y \in \{0, 1, 2, 3\}` (the paper's :math:`g(x \mid y)`), and
+train a classifier :math:`F` on top of the encoder to say which rotation it sees (sec. 2.1):
 
-.. math:: \mathcal L(x) = -\frac{1}{K} \sum_{y=0}^{K-1} \log F^y(g_y(x)),
+.. math:: \mathcal L(x) = -\frac{1}{4} \sum_{y=0}^{3} \log F^y(\operatorname{rot}_y(x)),
 
 where :math:`F^y` is the predicted probability of rotation :math:`y`. Recognising that a
 glyph is upside down needs a notion of what the glyph looks like upright: its strokes,

@@ -7,14 +7,14 @@ reparameterised, :math:`z = \mu + \sigma \odot \epsilon` with
 :math:`\log \sigma^2`. With prior :math:`p(z) = \mathcal N(0, I)` and a Bernoulli decoder
 (appendix C.1), one sample per image gives the estimator of eq. 10,
 
-.. math:: \mathcal L(x) = \underbrace{\tfrac12 \sum_{j=1}^J \big(1 + \log\sigma_j^2 -
+.. math:: \operatorname{ELBO}(x) = \underbrace{\tfrac12 \sum_{j=1}^J \big(1 + \log\sigma_j^2 -
    \mu_j^2 - \sigma_j^2\big)}_{-D_{KL}(q_\phi(z|x)\,\|\,p(z)) \text{ (appendix B)}}
-   + \log p_\theta(x \mid z), \qquad \log p_\theta(x \mid z) = -L_H(x, \sigma(g(z))),
+   + \log p_\theta(x \mid z), \qquad \log p_\theta(x \mid z) = -L_H(x, \sigma(r_\theta(z))),
 
 where :math:`L_H` is the reconstruction cross-entropy of :mod:`companion.ssl.autoencoders`
-and :math:`g` its :class:`~companion.ssl.autoencoders.Decoder`, here fed with :math:`z`.
+and :math:`r_\theta` its :class:`~companion.ssl.autoencoders.Decoder`, here fed with :math:`z`.
 
-:class:`VAE` minimises :math:`-\mathcal L` averaged over images; ``beta`` weights the KL
+:class:`VAE` minimises :math:`-\operatorname{ELBO}` averaged over images; ``beta`` weights the KL
 term (beta-VAE, Higgins et al., 2017; 1 is the ELBO). Glyph ink is grey at stroke edges,
 and a Bernoulli "likelihood" of a non-binary ``x`` is not normalised (Loaiza-Ganem &
 Cunningham, 2019), so the ELBO is then a training objective, not a bound on a density.
@@ -44,7 +44,7 @@ __all__ = ["VAE", "VAEConfig", "Decoder", "elbo", "gaussian_kl", "reparameterise
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """Hyper-parameters of :class:`VAE`; one sample ``z`` per image (L = 1, as in sec. 2.3)."""
+    """Hyper-parameters of :class:`VAE`; one sample ``z`` per image (the paper's L = 1)."""
 
     latent_dim: int = 20  # J; the paper shows 3 to 200 on MNIST (fig. 2)
     beta: float = 1.0  # weight of the KL term; 1 is the ELBO, > 1 is a beta-VAE
@@ -90,7 +90,7 @@ def elbo(
     """The one-sample ELBO of eq. 10 with a Bernoulli decoder, and its two terms.
 
     Args:
-        logits: decoder output ``g(z)`` for a sample ``z ~ q(z | x)``.
+        logits: decoder output ``r(z)`` for a sample ``z ~ q(z | x)``.
         x: the images, in ``[0, 1]``.
         mu, logvar: the parameters of ``q(z | x)``.
         beta: weight of the KL term (1: the ELBO).
