@@ -20,6 +20,7 @@ Usage::
 
     python bench/maxl_table.py                     # 9 runs, 20-30 minutes on 2 cores
     python bench/maxl_table.py --save              # and write bench/results/maxl.json
+                                                   # (the format of bench/result_file.py)
     python bench/maxl_table.py --quick             # 5 steps each: checks the plumbing
     python bench/maxl_table.py --flags="--optimizer adam --lr 1e-3 --set inner_lr=0.01" \\
         --save --results bench/results/maxl_adam.json    # Adam, the second recipe of ch. 7
@@ -30,14 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
+import result_file
 
 LABELS = ("none", "human", "maxl")
 COMMAND = ["train", "maxl", "--dataset", "glyphs", "--profile", "cpu", "--quiet"]
@@ -68,8 +69,9 @@ def main() -> None:
     parser.add_argument("--labels", nargs="+", choices=LABELS, default=list(LABELS))
     parser.add_argument("--flags", default="", help="more train flags, e.g. '--lr 0.1'")
     parser.add_argument("--save", action="store_true", help="write the results file")
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, default=None, help=f"default: {RESULTS}")
     args = parser.parse_args()
+    saved = result_file.save_path(args.save, args.quick, args.results, RESULTS)
     extra = args.flags.split() + (["--steps", "5", "--restart"] if args.quick else [])
     jobs = [(labels, seed) for seed in args.seeds for labels in args.labels]
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -78,16 +80,22 @@ def main() -> None:
     for labels in args.labels:
         mine = [r for r in runs if r["labels"] == labels]
         accuracies = [r["accuracy"] for r in mine]
-        rows[labels] = {"accuracy": accuracies, "mean": statistics.mean(accuracies),
+        argv = [*COMMAND, "--set", f"labels={labels}", "--seed", "{seed}", *extra]
+        rows[labels] = {"command": " ".join(["python -m companion", *argv]),
+                        "accuracy": accuracies, "mean": statistics.mean(accuracies),
                         "sd": statistics.stdev(accuracies) if len(mine) > 1 else 0.0,
                         "ci95": [r["ci95"] for r in mine],
                         "train_seconds": [r["train_seconds"] for r in mine]}
-    result = {"when": time.strftime("%Y-%m-%d %H:%M"),
-              "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, "
-                         f"{args.jobs} runs at once",
-              "command": "python -m companion " + " ".join(COMMAND) + " --set labels=LABELS "
-                         "--seed SEED" + (" " + args.flags if args.flags else ""),
-              "seeds": args.seeds, "test_images": runs[0]["test_images"], "rows": rows}
+    flags = ["--quick"] if args.quick else []
+    flags += [f"--labels {' '.join(args.labels)}"] if args.labels != list(LABELS) else []
+    flags += [f"--seeds {' '.join(map(str, args.seeds))}"] if args.seeds != [0, 1, 2] else []
+    flags += [shlex.join([f"--flags={args.flags}"])] if args.flags else []
+    flags += [f"--results {args.results}"] if args.results else []
+    result = result_file.header(
+        "bench/maxl_table.py", " ".join(["python bench/maxl_table.py", *flags, "--save"]),
+        "cpu", ["accuracy"], seeds=args.seeds, test_images=runs[0]["test_images"])
+    result["machine"] = result_file.machine(f"{args.jobs} runs at once")
+    result["rows"] = rows
     lines = ["| auxiliary labels | accuracy per seed (%) | mean ± sd | training (s) |",
              "|---|---|---|---|"]
     for labels, r in rows.items():
@@ -95,9 +103,8 @@ def main() -> None:
         lines.append(f"| {labels} | {per_seed} | {100 * r['mean']:.1f} ± {100 * r['sd']:.1f} "
                      f"| {statistics.mean(r['train_seconds']):.0f} |")
     print("\n".join(lines))
-    if args.save and not args.quick:
-        args.results.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"saved {args.results}")
+    if saved:
+        result_file.write(saved, result)
 
 
 if __name__ == "__main__":

@@ -27,28 +27,30 @@ and the papers' architectures) are in ``PUBLISHED`` with where they come from.
 
 Usage::
 
-    COMPANION_DATA=../shared/data python bench/unsupervised_table.py     # about 90 minutes
+    COMPANION_DATA=../shared/data python bench/unsupervised_table.py --save   # ~90 minutes
     python bench/unsupervised_table.py --rows umtra-protonet cactus-simclr
     python bench/unsupervised_table.py --quick    # a few steps each: checks the plumbing
+    python bench/unsupervised_table.py --profile full --save   # the full recipes, on a GPU
 
 Finished stages are reused (``train`` resumes a finished checkpoint at once); ``--restart``
 trains every chosen stage again. It writes ``table.md`` and ``results.json`` under
-``--out``.
+``--out`` (in the format of ``bench/result_file.py``); ``--save`` also copies the results
+to ``bench/results/unsupervised.json`` (``unsupervised_full.json`` for the full profile),
+which chapters 6, 8 and 9 read.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+import result_file
 
-DATA = ["--dataset", "omniglot", "--profile", "cpu", "--quiet"]
+DATA = ["--dataset", "omniglot", "--quiet"]  # then --profile, from the flag (default cpu)
 
 STAGES: dict[str, list[str]] = {
     # name: the arguments of `python -m companion train` (the output folder is added)
@@ -126,7 +128,16 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--restart", action="store_true", help="train every stage again")
     parser.add_argument("--quick", action="store_true", help="10 steps and 20 episodes each")
+    parser.add_argument("--profile", choices=result_file.PROFILES, default="cpu",
+                        help="the recipes' profile (full: the papers' lengths, for a GPU)")
+    parser.add_argument("--save", action="store_true",
+                        help="also write the result file (not for --quick unless --results)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="default: bench/results/unsupervised.json (unsupervised_full.json)")
     args = parser.parse_args()
+    data = [*DATA[:2], "--profile", args.profile, *DATA[2:]]
+    copy = result_file.save_path(args.save, args.quick, args.results,
+                                 result_file.default_path("unsupervised", args.profile))
     out = Path(args.out)
     extra = ["--steps", "10"] if args.quick else []
     episodes = 20 if args.quick else args.episodes
@@ -137,7 +148,7 @@ def main() -> None:
     def train(name: str, argv: list[str]) -> Path:
         folder = out / name.replace(" ", "_").replace("(", "").replace(")", "")
         started = time.perf_counter()
-        run(["train", *argv[:1], *DATA, *argv[1:], *extra, *restart, "--no-eval",
+        run(["train", *argv[:1], *data, *argv[1:], *extra, *restart, "--no-eval",
              "--out", str(folder)])
         wall[name] = time.perf_counter() - started
         return folder / "checkpoint.pt"
@@ -158,16 +169,24 @@ def main() -> None:
         results[row] = {
             "what": what, "needs": needs,
             "command": " ".join(["python -m companion train", *(argv or STAGES[needs[0]])[:1],
-                                 *DATA, *(argv or STAGES[needs[0]])[1:]]),
+                                 *data, *(argv or STAGES[needs[0]])[1:], *extra]),
             "train_seconds": tested["5w1s"]["train_seconds"],  # fit's loop
             "stage_seconds": wall.get(stage),  # the whole command: data, clustering, loop
             **{k: (v["accuracy"], v["ci95"]) for k, v in tested.items()},
             "published": PUBLISHED.get(row, (None, None))[0],
             "published_source": PUBLISHED.get(row, (None, None))[1]}
-        saved.write_text(json.dumps({"when": time.strftime("%Y-%m-%d %H:%M"),
-                                     "machine": f"{os.cpu_count()} CPU cores, torch "
-                                                f"{torch.__version__}",
-                                     "episodes": episodes, "rows": results}, indent=2) + "\n")
+        flags = ["--quick"] if args.quick else []
+        flags += [f"--profile {args.profile}"] if args.profile != "cpu" else []
+        flags += [f"--episodes {args.episodes}"] if args.episodes != 600 else []
+        flags += [f"--results {args.results}"] if args.results else []
+        table = result_file.header(
+            "bench/unsupervised_table.py",
+            " ".join(["python bench/unsupervised_table.py", *flags, "--save"]), args.profile,
+            ["5w1s", "5w5s"], episodes=episodes)
+        table["rows"] = results
+        result_file.write(saved, table)
+        if copy:
+            result_file.write(copy, table)
     lines = ["| method | 5-way 1-shot | 5-way 5-shot | training (s) | stage (s) | published |",
              "|---|---|---|---|---|---|"]
     for row, r in results.items():

@@ -171,6 +171,16 @@ def otter_master(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     return out
 
 
+# A chapter that reports results instead of teaching a method has no lab (chapter 9: the
+# benchmark tables); every other chapter has exercises (tests/test_assignments.py).
+WITHOUT_EXERCISES = frozenset({"ch09_benchmarks"})
+
+
+def course_chapters(book: Path = Path("book")) -> list[Path]:
+    """The chapter sources with exercises: every ``chNN_*.md`` not in WITHOUT_EXERCISES."""
+    return [md for md in sorted(Path(book).glob("ch*.md")) if md.stem not in WITHOUT_EXERCISES]
+
+
 def build(md: Path, out: Path, *, run_tests: bool = True) -> dict[str, Path]:
     """Write the instructor and student notebooks and the autograder of one chapter."""
     nb = read_chapter(md)
@@ -234,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="also run each student notebook and require 'not done' checks")
     args = parser.parse_args(argv)
-    chapters = args.chapters or sorted(Path("book").glob("ch*.md"))
+    chapters = args.chapters or course_chapters()
     os.environ.setdefault("MPLBACKEND", "Agg")
     for md in chapters:
         try:
