@@ -76,3 +76,9 @@ def test_contrastive_toy_spreads_with_nt_xent_and_collapses_without_negatives() 
 def test_contrastive_toy_rejects_an_unknown_loss() -> None:
     with pytest.raises(ValueError, match="loss must be"):
         contrastive_toy(loss="byol")
+
+
+def test_contrastive_toy_trains_on_one_thread_and_gives_the_others_back() -> None:
+    threads = torch.get_num_threads()
+    contrastive_toy(steps=2)
+    assert torch.get_num_threads() == threads
