@@ -211,8 +211,8 @@ def mean_over_ranks(values: Mapping[str, float]) -> dict[str, float]:
     if not is_initialized() or not values:
         return dict(values)
     total = torch.tensor([float(v) for v in values.values()], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        total = total.cuda()
+    if dist.get_backend() == "nccl":  # NCCL reduces tensors on this rank's GPU (setup())
+        total = total.to(torch.device("cuda", torch.cuda.current_device()))
     dist.all_reduce(total)
     return {k: float(v) / world_size() for k, v in zip(values, total.tolist(), strict=True)}
 

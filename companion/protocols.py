@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
+from torch import nn
 
 from companion.data.episodes import Episode
 
@@ -116,3 +117,16 @@ def generators_of(obj: object) -> dict[str, torch.Generator]:
 def prefixed(prefix: str, entries: Mapping[str, V]) -> dict[str, V]:
     """``{"prefix/key": value}``: the logs or generators of one part of a composed object."""
     return {f"{prefix}/{key}": value for key, value in entries.items()}
+
+
+class MetaLossModule(nn.Module):
+    """``forward(batch)`` is ``learner.meta_loss(batch)``: the call that wrappers of a
+    module's forward see (``torch.func.functional_call`` in the look-ahead hypergradient,
+    ``DistributedDataParallel`` in :func:`companion.train.fit`)."""
+
+    def __init__(self, learner: nn.Module) -> None:
+        super().__init__()
+        self.learner = learner
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, Mapping[str, Any]]:
+        return self.learner.meta_loss(batch)

@@ -74,7 +74,13 @@ from companion.checks import check_int
 from companion.data.batches import ImageBatchSampler
 from companion.data.episodes import EpisodeSampler
 from companion.evaluate import EvalResult, evaluate_episodes
-from companion.protocols import TaskSource, check_learner, check_task_source, generators_of
+from companion.protocols import (
+    MetaLossModule,
+    TaskSource,
+    check_learner,
+    check_task_source,
+    generators_of,
+)
 
 CHECKPOINT, METRICS_FILE = "checkpoint.pt", "metrics.json"
 CHECKPOINT_FORMAT = 2  # 2: generators saved by name (format 1 kept one per object)
@@ -267,9 +273,9 @@ def fit(
             for g in generators.values():
                 g.manual_seed(distributed.rank_seed(g.initial_seed(), rank))
     # DDP averages the gradients over the ranks in backward; it hooks a module's forward,
-    # which here is meta_loss (_MetaLoss). In one process the loss is computed directly.
+    # which here is meta_loss (MetaLossModule). In one process the loss is computed directly.
     meta_loss = learner.meta_loss if world == 1 else nn.parallel.DistributedDataParallel(
-        _MetaLoss(learner), device_ids=[device.index] if device.type == "cuda" else None)
+        MetaLossModule(learner), device_ids=[device.index] if device.type == "cuda" else None)
     cuda = [torch.cuda.current_device() if device.index is None else device.index
             ] if device.type == "cuda" else []
 
@@ -406,17 +412,6 @@ def write_metrics(out_dir: str | os.PathLike[str], result: TrainResult,
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     _atomic_write(Path(out_dir) / METRICS_FILE, lambda f: f.write(text))
     return metrics
-
-
-class _MetaLoss(nn.Module):
-    """``learner.meta_loss`` as a module's ``forward``, the call that DDP wraps."""
-
-    def __init__(self, learner: nn.Module) -> None:
-        super().__init__()
-        self.learner = learner
-
-    def forward(self, batch: Any) -> tuple[torch.Tensor, Mapping[str, float]]:
-        return self.learner.meta_loss(batch)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:

@@ -31,7 +31,7 @@ from torch.func import functional_call
 from companion.checks import check_int, check_positive
 from companion.data.episodes import Episode, TaskBatch
 from companion.guided.aux_weights import LogWeight, lookahead_hypergradient
-from companion.protocols import generators_of, prefixed
+from companion.protocols import MetaLossModule, generators_of, prefixed
 from companion.tasks.pool import unlabeled_images
 
 
@@ -61,17 +61,6 @@ def halves(batch: TaskBatch) -> tuple[TaskBatch, TaskBatch]:
         return TaskBatch(batch.support_x, batch.support_y, x, y)
 
     return part(slice(0, half)), part(slice(half, queries))
-
-
-class _MetaLoss(nn.Module):
-    """``forward(batch)`` is ``learner.meta_loss(batch)``, for ``functional_call``."""
-
-    def __init__(self, learner: nn.Module) -> None:
-        super().__init__()
-        self.learner = learner
-
-    def forward(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.learner.meta_loss(batch)
 
 
 class WithAuxiliary(nn.Module):
@@ -165,7 +154,7 @@ class WithAuxiliary(nn.Module):
             params.setdefault(aux_names[n], p)
         images_a = self.aux_images(a)
 
-        loss_of = _MetaLoss(self.learner)  # functional_call calls forward: meta_loss here
+        loss_of = MetaLossModule(self.learner)  # functional_call calls forward: meta_loss here
 
         def primary(on: TaskBatch):
             return lambda p: functional_call(loss_of, {f"learner.{n}": p[n] for n in
