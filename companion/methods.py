@@ -288,10 +288,13 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            _maml, "episodes", FINN_OPTIMISER, defaults={"adapt": "head"},
            presets={"cpu": {**GRADIENT_CPU, "steps": 2_900}, "full": GRADIENT_FULL},
            fixed_ways=True),
+    # Proto-MAML's inner step at 0.1, not MAML's 0.4: its head starts at the prototypes, so
+    # a large first step throws away what the initialisation knows (chapter 3 uses 0.1 too).
     Method("protomaml", "Proto-MAML (Triantafillou et al., 2020)", MAMLConfig, _protomaml,
            "episodes", FINN_OPTIMISER,
            presets={"cpu": {**GRADIENT_CPU, "steps": 1_900,
-                            "set": {**GRADIENT_CPU["set"], "first_order": True}},
+                            "set": {**GRADIENT_CPU["set"], "first_order": True,
+                                    "inner_lr": 0.1}},
                     "full": GRADIENT_FULL}, fixed_ways=True),
     # Nichol et al. 2018 and openai/supervised-reptile's README: plain SGD on the surrogate
     # with epsilon annealed linearly 1 -> 0, 10 shots per class in the inner loop, 5 tasks
