@@ -46,10 +46,20 @@ the rank's share of it:
   negatives are the global batch's, as in the paper (Chen et al., 2020, sec. 2, *Training
   with Large Batch Size*, where the global batch is split over TPU cores).
 
-**Refused.** A learner holding a :class:`companion.ssl.moco.FeatureQueue` (MoCo, PsCo):
-its ``after_step`` enqueues the keys of this rank's share only, so the ranks' queues would
-drift apart and none would hold the global batch's keys (enqueueing gathered keys would fix
-this, inside the method; not done yet). :func:`check_distributable` says so.
+**Queues of negatives** (MoCo, PsCo: :class:`companion.ssl.moco.FeatureQueue`) enqueue
+the keys of the *global* batch: :meth:`~companion.ssl.moco.FeatureQueue.enqueue` gathers
+every rank's keys first (:func:`gather`, in rank order), as MoCo's official code does
+(``facebookresearch/moco``, ``builder.py``, ``_dequeue_and_enqueue`` with
+``concat_all_gather``), so every rank's queue is the one-process queue. PsCo's Sinkhorn
+assignment and its N-way task also run over the gathered keys, so each rank's queries meet
+the global batch's pseudo-classes (:class:`companion.tasks.psco.PsCo`). MoCo's "shuffling
+BN" (He et al., sec. 3.3) is not done: the key encoder's BN, like every BN here, sees the
+rank's share.
+
+**Refused** (:func:`check_distributable`): MAXL with generated labels and an auxiliary
+loss whose weight is meta-learned (``--aux-weight meta``). Both take a look-ahead step on
+the whole batch and differentiate through it; a step on one rank's share is another step,
+and no average over ranks recovers the global one.
 
 References:
     Li et al., *PyTorch Distributed: Experiences on Accelerating Data Parallel Training*,
@@ -166,6 +176,21 @@ def local_batch(global_batch: int, world: int | None = None) -> int:
     return global_batch // world
 
 
+@torch.no_grad()
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x``, concatenated in rank order, without gradient (MoCo's
+    ``concat_all_gather``). Without a process group it returns ``x``.
+
+    Shape:
+        - x: ``(n, *)``, the same on every rank; returns: ``(W * n, *)``
+    """
+    if not is_initialized():
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Every rank's ``x``, concatenated in rank order, with gradients flowing back to each.
 
@@ -185,9 +210,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(x) for _ in range(world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)  # (W * n, *)
+        return gather(x)  # (W * n, *)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
@@ -220,16 +243,14 @@ def mean_over_ranks(values: Mapping[str, float]) -> dict[str, float]:
 def check_distributable(learner: nn.Module) -> None:
     """Raise a ``ValueError`` if ``learner`` cannot be trained on several ranks.
 
-    A :class:`companion.ssl.moco.FeatureQueue` anywhere in the learner (MoCo, PsCo) is
-    refused: its ``after_step`` enqueues this rank's keys only, so the ranks' queues of
-    negatives would differ from each other and from one process's.
+    A module of the learner refuses by a ``not_distributable`` attribute that holds the
+    reason (``None``: it can). Two do: MAXL with generated labels and an auxiliary loss
+    with a meta-learned weight, whose look-ahead step on the whole batch has no per-rank
+    split (:class:`companion.guided.MAXL`, :class:`companion.guided.WithAuxiliary`).
     """
-    from companion.ssl.moco import FeatureQueue
-
     for name, module in learner.named_modules():
-        if isinstance(module, FeatureQueue):
+        reason = getattr(module, "not_distributable", None)
+        if reason:
             raise ValueError(
-                f"{type(learner).__name__} cannot train on several ranks: its queue of "
-                f"negatives ({name or 'the learner'}) is filled after each step with this "
-                "rank's keys only, so the ranks' queues would drift apart; train it in one "
-                "process (drop torchrun)")
+                f"{type(module).__name__} ({name or 'the learner'}) cannot train on several "
+                f"ranks: {reason}; train it in one process (drop torchrun)")

@@ -7,6 +7,7 @@ compares that with a one-process reference built here on the concatenated batch.
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ from companion.meta.maml import MAML, MAMLConfig
 from companion.meta.protonet import ProtoNet
 from companion.nets import Conv4, linear_head
 from companion.ssl.learner import SelfSupervised
-from companion.ssl.moco import MoCo, MoCoConfig
+from companion.ssl.moco import FeatureQueue, MoCo, MoCoConfig
 from companion.ssl.simclr import (
     SimCLR,
     SimCLRConfig,
@@ -37,6 +38,7 @@ from companion.ssl.simclr import (
     nt_xent_logits_global,
     projection_head,
 )
+from companion.tasks.psco import PsCo, PsCoConfig
 from companion.train import CHECKPOINT, METRICS_FILE, TrainConfig, fit, load_checkpoint
 from tests.conftest import REPO
 
@@ -126,11 +128,35 @@ def maml() -> MAML:
                 MAMLConfig(inner_steps=1, inner_steps_test=1))
 
 
-def simclr(generator: torch.Generator | None = None) -> SelfSupervised:
+def _without_batch_statistics(method: nn.Module) -> SelfSupervised:
+    """``method`` with norm-free heads (its Conv-4 has GroupNorm), in the glyph views' wrapper;
+    the momentum copies of a queue method are remade from the new heads."""
+    for name in ("projector", "predictor"):
+        if hasattr(method, name):
+            setattr(method, name, projection_head(8, 16, 8, norm=None))
+    if hasattr(method, "key_projector"):
+        method.key_projector = copy.deepcopy(method.projector).requires_grad_(False)
+    return SelfSupervised(method, AugmentConfig.glyphs(), seed=SEED)
+
+
+def simclr() -> SelfSupervised:
     torch.manual_seed(0)
-    method = SimCLR(Conv4(1, hidden=8, norm="group"), 8, SimCLRConfig(hidden_dim=16, out_dim=8))
-    method.projector = projection_head(8, 16, 8, norm=None)  # no batch statistics (see below)
-    return SelfSupervised(method, AugmentConfig.glyphs(), seed=SEED, generator=generator)
+    return _without_batch_statistics(
+        SimCLR(Conv4(1, hidden=8, norm="group"), 8, SimCLRConfig(hidden_dim=16, out_dim=8)))
+
+
+def moco() -> SelfSupervised:
+    """A queue of 16 keys, filled by 3 steps of 4 images; momentum 0.9 so the key encoder
+    visibly moves."""
+    torch.manual_seed(0)
+    config = MoCoConfig(queue_size=16, momentum=0.9, hidden_dim=16, out_dim=8)
+    return _without_batch_statistics(MoCo(Conv4(1, hidden=8, norm="group"), 8, config))
+
+
+def psco() -> SelfSupervised:
+    torch.manual_seed(0)
+    config = PsCoConfig(queue_size=16, momentum=0.9, hidden_dim=16, out_dim=8)
+    return _without_batch_statistics(PsCo(Conv4(1, hidden=8, norm="group"), 8, config))
 
 
 def episodes(seed: int) -> EpisodeSampler:
@@ -141,7 +167,9 @@ def images(seed: int) -> ImageBatchSampler:
     return ImageBatchSampler(load_dataset("glyphs", "train", **GLYPHS), seed=seed)
 
 
-METHODS = {"protonet": (protonet, episodes), "maml": (maml, episodes), "simclr": (simclr, images)}
+METHODS = {"protonet": (protonet, episodes), "maml": (maml, episodes), "simclr": (simclr, images),
+           "moco": (moco, images), "psco": (psco, images)}
+SELF_SUPERVISED = ("simclr", "moco", "psco")
 
 
 class Concatenated:
@@ -162,12 +190,13 @@ class Concatenated:
 
 
 class ConcatenatedViews(nn.Module):
-    """SimCLR on the global batch in one process: the views of rank ``r``'s share drawn
-    from the augmentation stream that rank ``r`` of a distributed run draws them from."""
+    """A self-supervised learner on the global batch in one process: the views of rank
+    ``r``'s share drawn from the augmentation stream that rank ``r`` of a distributed run
+    draws them from."""
 
-    def __init__(self) -> None:
+    def __init__(self, build: Any) -> None:
         super().__init__()
-        self.learner = simclr()
+        self.learner = build()
         self.streams = [torch.Generator().manual_seed(distributed.rank_seed(SEED, r))
                         for r in range(WORLD)]
 
@@ -177,6 +206,9 @@ class ConcatenatedViews(nn.Module):
         x1, x2 = (torch.cat(v) for v in zip(*views, strict=True))
         loss, logs = self.learner.method.loss(x1, x2)
         return loss, {k: float(v) for k, v in logs.items()}
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        self.learner.after_step(step, total_steps)
 
     def classify(self, episode: Any) -> torch.Tensor:
         return self.learner.classify(episode)
@@ -189,7 +221,9 @@ def fit_job(out: Path) -> dict[str, Any]:
     for method, (build, sampler) in METHODS.items():
         learner = build()
         result = fit(learner, sampler(SEED), CONFIG, progress=False)
-        found[method] = {"params": dict(learner.named_parameters()), "history": result.history}
+        found[method] = {"params": dict(learner.named_parameters()), "history": result.history,
+                         "queues": {k: b for k, b in learner.named_buffers()
+                                    if k.endswith("queue.features")}}
     return found
 
 
@@ -205,18 +239,30 @@ def test_fit_equals_one_process(method: str, fits: tuple[list[Any], Path], one_t
     """Two ranks with 2 tasks (images) each end where one process with the 4 of both does.
 
     The models have no batch statistics shared across a batch (see
-    :mod:`companion.distributed`): ProtoNet's Conv-4 has no norm, SimCLR's has GroupNorm and
-    an unnormalised head; MAML keeps its BN, which sees one task at a time.
+    :mod:`companion.distributed`): ProtoNet's Conv-4 has no norm, the self-supervised
+    methods' have GroupNorm and unnormalised heads; MAML keeps its BN, which sees one task
+    at a time. For MoCo and PsCo the parameters include the key network (its EMA) and the
+    buffers their queue, which must hold every rank's keys in rank order.
     """
     ranks = [r[method] for r in fits[0]]
     build, sampler = METHODS[method]
-    learner = ConcatenatedViews() if method == "simclr" else build()
+    learner = ConcatenatedViews(build) if method in SELF_SUPERVISED else build()
     result = fit(learner, Concatenated(sampler), CONFIG, progress=False)
     expected = {k.removeprefix("learner."): p for k, p in learner.named_parameters()}
+    queues = {k.removeprefix("learner."): b for k, b in learner.named_buffers()
+              if k.endswith("queue.features")}
     for r in ranks:
         assert r["params"].keys() == expected.keys()
         for name, p in expected.items():
             torch.testing.assert_close(r["params"][name], p.detach(), atol=1e-6, rtol=0)
+        assert r["queues"].keys() == queues.keys()
+        for name, q in queues.items():
+            torch.testing.assert_close(r["queues"][name], q, atol=1e-6, rtol=0)
+    if method in ("moco", "psco"):  # 3 steps of 4 keys written, in the one-process order
+        written = CONFIG.steps * CONFIG.meta_batch
+        assert int(learner.learner.method.queue.ptr) == written
+        assert not torch.allclose(queues["method.queue.features"][:written],
+                                  build().method.queue.features[:written])
     losses = [[h["loss"] for h in r["history"]["train"]] for r in ranks]
     assert losses[0] == losses[1] == pytest.approx([h["loss"] for h in result.history["train"]],
                                                    abs=1e-5)  # logs: means over the ranks
@@ -292,16 +338,17 @@ def test_local_batch_must_divide() -> None:
         distributed.local_batch(6, world=4)
 
 
-def test_moco_is_refused() -> None:
-    method = MoCo(Conv4(1, hidden=8), 8, MoCoConfig(queue_size=16, hidden_dim=8, out_dim=8))
-    with pytest.raises(ValueError, match="queue"):
-        distributed.check_distributable(SelfSupervised(method, AugmentConfig.glyphs()))
-    distributed.check_distributable(simclr())  # no queue: fine
+def test_a_queue_refuses_more_keys_than_it_holds() -> None:
+    queue = FeatureQueue(dim=2, size=3)
+    with pytest.raises(ValueError, match=r"cannot enqueue 4 keys .* queue of 3 \(the queue size\)"):
+        queue.enqueue(torch.ones(4, 2))
+    with pytest.raises(ValueError, match=r"keys must be \(n, 2\)"):
+        queue.enqueue(torch.ones(2, 3))
 
 
 def test_without_a_process_group_the_helpers_are_one_process() -> None:
     x = torch.randn(3, 2)
-    assert distributed.gather_with_grad(x) is x
+    assert distributed.gather_with_grad(x) is x and distributed.gather(x) is x
     assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
     assert distributed.gather_objects("a") == ["a"]
     assert distributed.rank_seed(5, 0) == 5 and distributed.rank_seed(5, 1) != 5
@@ -312,3 +359,23 @@ def test_global_nt_xent_logits_in_one_process_are_nt_xent_logits() -> None:
     for got, want in zip(nt_xent_logits_global(z1, z2, temperature=0.2),
                          nt_xent_logits(z1, z2, temperature=0.2), strict=True):
         torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_look_ahead_learners_are_refused_with_the_reason() -> None:
+    """MAXL's generated labels and a meta-learned auxiliary weight cannot split their
+    look-ahead step; the same learners with human labels or a fixed weight can."""
+    from companion import methods
+
+    def build(method: str, **changes: Any) -> nn.Module:
+        return methods.build_learner(method, ways=5, image_size=28, in_channels=1, width=8,
+                                     **changes)
+
+    with pytest.raises(ValueError, match="MAXL .*cannot train on several ranks: the label "
+                                         "generator's gradient"):
+        distributed.check_distributable(build("maxl"))
+    with pytest.raises(ValueError, match="WithAuxiliary .*cannot train on several ranks: "
+                                         "the weight's hypergradient"):
+        distributed.check_distributable(build("protonet", aux="rotation", aux_weight="meta"))
+    distributed.check_distributable(build("maxl", labels="human"))
+    distributed.check_distributable(build("protonet", aux="rotation", aux_weight=0.5))
+    distributed.check_distributable(moco())

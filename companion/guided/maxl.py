@@ -239,6 +239,16 @@ class MAXL(nn.Module):
             self.label_encoder = label_encoder
             self.label_head = nn.Linear(feature_dim, aux_classes)
 
+    @property
+    def not_distributable(self) -> str | None:
+        """Why ``fit`` refuses this learner on several ranks (``None``: it does not); see
+        :func:`companion.distributed.check_distributable`."""
+        if self.config.labels != "maxl":
+            return None
+        return ("the label generator's gradient goes through a look-ahead step of the "
+                "multi-task network on the whole batch, and a step on one rank's share is "
+                "another step (the gradient is not a mean over the batch's images)")
+
     def multitask_params(self) -> dict[str, torch.Tensor]:
         """:math:`\\theta_1`: the encoder and both heads, by name."""
         return {n: p for n, p in self.named_parameters() if not n.startswith("label_")}

@@ -110,6 +110,16 @@ class WithAuxiliary(nn.Module):
         self.pending: float | None = None  # the last hypergradient, applied in after_step
 
     @property
+    def not_distributable(self) -> str | None:
+        """Why ``fit`` refuses this learner on several ranks (``None``: it does not); see
+        :func:`companion.distributed.check_distributable`."""
+        if self.weight is None:
+            return None
+        return ("the weight's hypergradient goes through a look-ahead step on the whole "
+                "meta-batch, and each rank would apply its own share's to its own weight, so "
+                "the ranks' weights would drift apart (a fixed --aux-weight runs distributed)")
+
+    @property
     def encoder(self) -> nn.Module:
         """The shared encoder."""
         return self.aux.encoder

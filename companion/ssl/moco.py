@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from companion import distributed
 from companion.checks import check_int
 from companion.ssl.simclr import check_temperature, check_views, projection_head
 
@@ -136,14 +137,21 @@ class FeatureQueue(nn.Module):
     def enqueue(self, keys: torch.Tensor) -> None:
         """Write ``keys`` into the oldest slots (FIFO), wrapping around the end.
 
+        In a ``torch.distributed`` run the keys of every rank are gathered first, in rank
+        order (:func:`companion.distributed.gather`, as MoCo's ``concat_all_gather``), so
+        each rank writes the global batch's keys and the queues stay identical.
+
         Shape:
-            - keys: ``(n, C)`` with ``n <= K``
+            - keys: ``(n, C)`` on each rank, with ``W n <= K`` for ``W`` ranks
         """
         size, dim = self.features.shape
-        if keys.ndim != 2 or keys.shape[1] != dim or keys.shape[0] > size:
+        if keys.ndim != 2 or keys.shape[1] != dim:
+            raise ValueError(f"keys must be (n, {dim}); got {tuple(keys.shape)}")
+        keys = distributed.gather(keys)  # (W n, C); the same keys in one process
+        if keys.shape[0] > size:
             raise ValueError(
-                f"keys must be (n, {dim}) with n <= {size} (the queue size); "
-                f"got {tuple(keys.shape)}"
+                f"cannot enqueue {keys.shape[0]} keys (over all ranks) into a queue of "
+                f"{size} (the queue size); it must hold at least one global batch"
             )
         slots = (self.ptr + torch.arange(len(keys), device=self.ptr.device)) % size  # (n,)
         self.features[slots] = keys.detach().to(self.features)

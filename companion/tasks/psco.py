@@ -30,6 +30,11 @@ keys :math:`z_i = g'(f'(x^2_i))`, all unit vectors. With the queue
    (temperature :math:`\tau`); the keys are then enqueued and the momentum network moves
    by an EMA, exactly as in MoCo.
 
+**On several ranks** (``torchrun``, :mod:`companion.distributed`) the task spans the
+*global* batch, as in one process: each rank gathers every rank's keys (without gradient),
+runs the Sinkhorn over all of them, and scores its own queries against all ``N K`` shots
+(``supcon_task_loss(..., first=rank * n)``); the queue enqueues the gathered keys.
+
 It is meta-learning without labels in the strict sense: each step is an N-way K-shot
 episode whose support comes from a memory, not a fixed clustering.
 
@@ -57,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from companion import distributed
 from companion.checks import check_int, check_positive
 from companion.ssl.moco import FeatureQueue, check_momentum, ema_update, infonce_with_queue
 from companion.ssl.simclr import check_temperature, check_views, projection_head
@@ -92,17 +98,25 @@ def pseudo_shots(scores: torch.Tensor, shots: int, **sinkhorn_kwargs: float) -> 
     return sinkhorn(scores, **sinkhorn_kwargs).topk(shots, dim=1).indices
 
 
-def supcon_task_loss(q: torch.Tensor, shots: torch.Tensor, *, temperature: float) -> torch.Tensor:
+def supcon_task_loss(q: torch.Tensor, shots: torch.Tensor, *, temperature: float,
+                     first: int = 0) -> torch.Tensor:
     """The PsCo loss: each query against the ``N K`` shots of an N-way K-shot task.
 
+    Query ``i`` belongs to class ``first + i``: all ``N`` queries when ``first = 0`` and
+    ``n = N``, or one rank's share of them in a distributed run.
+
     Shape:
-        - q: ``(N, D)`` unit queries; shots: ``(N, K, D)`` unit shots, row ``i`` class ``i``
-        - returns: a scalar
+        - q: ``(n, D)`` unit queries; shots: ``(N, K, D)`` unit shots, row ``c`` class ``c``
+        - returns: a scalar, the mean over the ``n`` queries
     """
     check_temperature(temperature)
-    n, k, _ = shots.shape
-    logits = q @ shots.flatten(0, 1).T / temperature  # (N, N*K)
-    positive = logits.view(n, n, k)[torch.arange(n), torch.arange(n)].mean(1)  # (N,)
+    (n, _), (classes, k, _) = q.shape, shots.shape
+    if not 0 <= first <= classes - n:
+        raise ValueError(f"queries {first}..{first + n - 1} are not classes of a "
+                         f"{classes}-way task")
+    logits = q @ shots.flatten(0, 1).T / temperature  # (n, N*K)
+    rows = torch.arange(n, device=q.device)
+    positive = logits.view(n, classes, k)[rows, first + rows].mean(1)  # (n,)
     return (torch.logsumexp(logits, 1) - positive).mean()
 
 
@@ -172,10 +186,14 @@ class PsCo(nn.Module):
         with torch.no_grad():
             z = F.normalize(self.key_projector(self.key_encoder(x2)), dim=1)  # (B, d)
             queue = F.normalize(self.queue.features, dim=1)  # (M, d)
-            index = pseudo_shots(z @ queue.T, c.shots, epsilon=c.sinkhorn_epsilon,
-                                 iterations=c.sinkhorn_iterations)  # (B, K)
-            shots = queue[index]  # (B, K, d): the task's support
-        task = supcon_task_loss(q, shots, temperature=c.task_temperature)
+            # In a distributed run the task spans the global batch: every rank's keys,
+            # the Sinkhorn over all of them, and this rank's queries as rows from `first`.
+            z_all = distributed.gather(z)  # (W B, d); z in one process
+            index = pseudo_shots(z_all @ queue.T, c.shots, epsilon=c.sinkhorn_epsilon,
+                                 iterations=c.sinkhorn_iterations)  # (W B, K)
+            shots = queue[index]  # (W B, K, d): the task's support
+        task = supcon_task_loss(q, shots, temperature=c.task_temperature,
+                                first=distributed.rank() * len(q))
         moco = infonce_with_queue(q, z, queue, temperature=c.temperature)
         loss = task + moco
         return loss, {"loss": loss.detach(), "task_loss": task.detach(),
