@@ -10,7 +10,9 @@ combination of them):
   ``(N*Q, N)`` scores of an episode's queries, used by validation and ``eval``.
   Optional: ``after_step(step, total_steps)``, called after every optimiser step with the
   number of steps done (1 after the first) and the run's length (BYOL's cosine momentum
-  schedule needs both; a MoCo queue ignores them), and ``generators()``.
+  schedule needs both; a MoCo queue ignores them), ``generators()``, and on any of its
+  modules ``not_distributable``, the reason it cannot train on several ranks (``None``: it
+  can; :func:`companion.distributed.check_distributable`).
 - :class:`TaskSource`: ``sample_batch(n)`` (``n`` tasks as a
   :class:`~companion.data.episodes.TaskBatch`, or ``n`` unlabeled images for a
   self-supervised learner) and ``generators()``.
