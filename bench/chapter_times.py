@@ -8,6 +8,8 @@ Usage::
 
     python bench/chapter_times.py --profile cpu      # ~20 minutes on 2 cores
     python bench/chapter_times.py --profile smoke    # ~3 minutes
+    python bench/chapter_times.py --profile gpu      # on a GPU: measures what
+                                                     # bench/profile_costs.py estimates
 
 Writes ``bench/results/chapter_times.json`` (one entry per profile, merged with the
 profiles already there), with the machine, commit and date of the run.
@@ -26,6 +28,8 @@ from pathlib import Path
 import nbformat
 import torch
 from nbclient import NotebookClient
+
+from companion.profiles import PROFILE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "chapter_times.json"
@@ -55,7 +59,7 @@ def run_chapter(path: Path, profile: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--profile", choices=PROFILE_NAMES, default="cpu")
     parser.add_argument("chapters", nargs="*", type=Path)
     args = parser.parse_args()
     chapters = args.chapters or sorted((REPO / "book").glob("ch*.ipynb"))

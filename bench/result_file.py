@@ -12,7 +12,8 @@ top level
     ``machine``    CPU cores, GPU (or ``no GPU``), torch version
     ``when``       ``"YYYY-MM-DD HH:MM"``, when the file was written
     ``profile``    the compute profile of the recipes: ``"cpu"`` (5 minutes a method on 2
-                   cores) or ``"full"`` (the papers' protocols, on a GPU)
+                   cores), ``"gpu"`` (the cpu recipes trained longer, on one GPU) or
+                   ``"full"`` (the papers' protocols, on a GPU)
     ``settings``   the test settings every row reports, e.g. ``["5w1s", "5w5s"]``
     ``rows``       ``{name: row}`` in the table's order
     optional: ``episodes`` (test episodes per cell), ``seeds``, ``test_images``, ``note``,
@@ -50,7 +51,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 REQUIRED = ("script", "command", "commit", "machine", "when", "profile", "settings", "rows")
-PROFILES = ("cpu", "full")
+PROFILES = ("cpu", "gpu", "full")
 
 
 def commit() -> str:
@@ -82,7 +83,8 @@ def header(script: str, command: str, profile: str, settings: list[str],
 
 
 def default_path(name: str, profile: str) -> Path:
-    """``bench/results/NAME.json`` for the cpu profile, ``NAME_full.json`` for the full one."""
+    """``bench/results/NAME.json`` for the cpu profile, ``NAME_gpu.json`` and
+    ``NAME_full.json`` for the others."""
     return RESULTS / (f"{name}.json" if profile == "cpu" else f"{name}_{profile}.json")
 
 

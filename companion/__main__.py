@@ -308,7 +308,8 @@ def _train_run(args: argparse.Namespace) -> int:
                             "log_every": max(1, steps // 50), "val_every": every,
                             "val_episodes": min(100, profile.eval_episodes),
                             "checkpoint_every": every, "seed": args.seed,
-                            "device": args.device, "amp": args.amp})
+                            "device": args.device, "amp": args.amp,
+                            "channels_last": args.channels_last, "compile": args.compile})
     learner_spec = {"method": method.name, "ways": data["train_ways"],
                     "image_size": data["image_size"],
                     "in_channels": train_set.image_shape[0],
@@ -603,6 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="filters per Conv-4 block (default: the profile's)")
     train.add_argument("--val-every", type=_positive, default=None)
     train.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    train.add_argument("--channels-last", action="store_true",
+                       help="weights and images in channels-last (NHWC) memory layout")
+    train.add_argument("--compile", action="store_true",
+                       help="torch.compile the learner's loss (first steps compile)")
     train.add_argument("--restart", action="store_true",
                        help="ignore a checkpoint in --out instead of resuming from it")
     train.add_argument("--no-eval", action="store_true", help="skip the test evaluation")

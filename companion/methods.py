@@ -15,8 +15,11 @@ method, in one place:
 - ``presets``: per compute profile, the training recipe that ``python -m companion train``
   uses when no flag says otherwise. The ``cpu`` presets are the tuned 5-minute recipes of
   ``bench/omniglot_table.py`` and ``bench/ssl_table.py`` (which read them from here), so the
-  README's command reproduces the tables' numbers in the profile's budget; the ``full``
-  presets are the papers' episode shapes and meta-batches.
+  README's command reproduces the tables' numbers in the profile's budget; the ``gpu``
+  presets are the same recipes with :data:`GPU_STEPS` times the steps at the profile's width
+  (:func:`_with_gpu`: every method with a ``cpu`` preset has one); the ``full`` presets are
+  the papers' episode shapes and meta-batches. A method without a preset for a profile (every
+  method in ``smoke``, the self-supervised ones in ``full``) takes the profile's sizes.
 
 Adding a method is its module, its tests and one entry in :data:`REGISTRY`, read top to
 bottom. The command line takes its choices, help text and errors from here.
@@ -254,6 +257,20 @@ SSL_HEADS = {
 """Projector widths for a Conv-4 encoder (64 features), in place of the papers' widths for a
 ResNet-50 (2,048 features: SimCLR 2048 -> 128, BYOL 4096 -> 256, Barlow Twins 3 x 8192),
 which would dwarf the encoder."""
+GPU_STEPS = 4
+"""The ``gpu`` presets train the ``cpu`` recipe this many times as long: the profile's sizes
+scaled up where more training teaches more, with the same episode shapes and optimiser so the
+tables' recipes stay comparable."""
+
+
+def _with_gpu(presets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``presets`` plus a ``gpu`` one: the ``cpu`` recipe with :data:`GPU_STEPS` times its
+    steps, at the profile's width (a ``cpu`` recipe's narrower ``width`` is dropped)."""
+    cpu = presets["cpu"]
+    gpu = {k: v for k, v in cpu.items() if k != "width"}
+    return {**presets, "gpu": {**gpu, "steps": GPU_STEPS * cpu["steps"]}}
+
+
 def _ssl_cpu(steps: int, **fields: Any) -> dict[str, Any]:
     """A self-supervised method's 5-minute recipe: ``steps`` steps of the profile's batch
     (what fits in 5 minutes on 2 cores with 28x28 images and a Conv-4 of width 64, measured
@@ -266,51 +283,51 @@ def _ssl_cpu(steps: int, **fields: Any) -> dict[str, Any]:
 REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("protonet", "Prototypical Networks (Snell et al., 2017)", ProtoNetConfig,
            _protonet, "episodes", SNELL_OPTIMISER,
-           presets={"cpu": {**METRIC_CPU, "steps": 2_700},
-                    # Snell et al. sec. 3.1: 60-way episodes with 5 queries per class
-                    "full": {"train_ways": 60, "train_queries": 5, "meta_batch": 1}}),
+           presets=_with_gpu({"cpu": {**METRIC_CPU, "steps": 2_700},
+                              # Snell et al. sec. 3.1: 60-way episodes with 5 queries per class
+                              "full": {"train_ways": 60, "train_queries": 5, "meta_batch": 1}})),
     Method("matchingnet", "Matching Networks (Vinyals et al., 2016)", MatchingConfig,
            _matchingnet, "episodes", SNELL_OPTIMISER,
            # scale 10: Conv-4 features are non-negative, so cosines lie in [0, 1] and with
            # the paper's scale 1 the attention of eq. 2 stays nearly uniform
-           presets={"cpu": {**METRIC_CPU, "steps": 2_900, "set": {"scale": 10.0}},
-                    "full": {"meta_batch": 1}}),
+           presets=_with_gpu({"cpu": {**METRIC_CPU, "steps": 2_900, "set": {"scale": 10.0}},
+                              "full": {"meta_batch": 1}})),
     # 1,300 steps: 1,400 ran past the 5-minute budget on a slower day (bench/omniglot_table.py
     # records each run's training time).
     Method("maml", "MAML, second order (Finn et al., 2017)", MAMLConfig, _maml, "episodes",
-           FINN_OPTIMISER, presets={"cpu": {**GRADIENT_CPU, "steps": 1_300},
-                                    "full": GRADIENT_FULL}, fixed_ways=True),
+           FINN_OPTIMISER, presets=_with_gpu({"cpu": {**GRADIENT_CPU, "steps": 1_300},
+                                              "full": GRADIENT_FULL}), fixed_ways=True),
     Method("fomaml", "first-order MAML (Finn et al., 2017, sec. 5.2)", MAMLConfig, _maml,
            "episodes", FINN_OPTIMISER, defaults={"first_order": True},
-           presets={"cpu": {**GRADIENT_CPU, "steps": 2_700}, "full": GRADIENT_FULL},
+           presets=_with_gpu({"cpu": {**GRADIENT_CPU, "steps": 2_700}, "full": GRADIENT_FULL}),
            fixed_ways=True),
     Method("anil", "ANIL: MAML adapting the head only (Raghu et al., 2020)", MAMLConfig,
            _maml, "episodes", FINN_OPTIMISER, defaults={"adapt": "head"},
-           presets={"cpu": {**GRADIENT_CPU, "steps": 2_900}, "full": GRADIENT_FULL},
+           presets=_with_gpu({"cpu": {**GRADIENT_CPU, "steps": 2_900}, "full": GRADIENT_FULL}),
            fixed_ways=True),
     # Proto-MAML's inner step at 0.1, not MAML's 0.4: its head starts at the prototypes, so
     # a large first step throws away what the initialisation knows (chapter 3 uses 0.1 too).
     Method("protomaml", "Proto-MAML (Triantafillou et al., 2020)", MAMLConfig, _protomaml,
            "episodes", FINN_OPTIMISER,
-           presets={"cpu": {**GRADIENT_CPU, "steps": 1_900,
-                            "set": {**GRADIENT_CPU["set"], "first_order": True,
-                                    "inner_lr": 0.1}},
-                    "full": GRADIENT_FULL}, fixed_ways=True),
+           presets=_with_gpu({"cpu": {**GRADIENT_CPU, "steps": 1_900,
+                                      "set": {**GRADIENT_CPU["set"], "first_order": True,
+                                              "inner_lr": 0.1}},
+                              "full": GRADIENT_FULL}), fixed_ways=True),
     # Nichol et al. 2018 and openai/supervised-reptile's README: plain SGD on the surrogate
     # with epsilon annealed linearly 1 -> 0, 10 shots per class in the inner loop, 5 tasks
     # per meta-step, 100,000 meta-steps.
     Method("reptile", "Reptile (Nichol et al., 2018)", ReptileConfig, _reptile, "episodes",
            {"optimizer": "sgd", "lr": 1.0, "schedule": "linear"},
-           presets={"cpu": {"train_shots": 10, "train_queries": 1, "meta_batch": 5,
-                            "steps": 650, "rotations": True},
-                    "full": {"train_shots": 10, "train_queries": 1, "meta_batch": 5,
-                             "steps": 100_000}}, fixed_ways=True),
+           presets=_with_gpu({"cpu": {"train_shots": 10, "train_queries": 1, "meta_batch": 5,
+                                      "steps": 650, "rotations": True},
+                              "full": {"train_shots": 10, "train_queries": 1, "meta_batch": 5,
+                                       "steps": 100_000}}), fixed_ways=True),
     # SimCLR at temperature 0.2 (0.5, the paper's CIFAR value, learns slower in 5 minutes;
     # MoCo v2 uses 0.2 too).
     Method("simclr", "SimCLR (Chen et al., 2020)", SimCLRConfig,
            _self_supervised(lambda c, a, e, f, g: SimCLR(e, f, c), augmented=True),
            "images", SSL_OPTIMISER, defaults=SSL_HEADS["simclr"],
-           presets={"cpu": _ssl_cpu(470, temperature=0.2)}),
+           presets=_with_gpu({"cpu": _ssl_cpu(470, temperature=0.2)})),
     # MoCo's key encoder and BYOL's target at momentum 0.99 instead of 0.999 / 0.996: with a
     # few hundred steps, a target averaging the last 1,000 would barely leave its start.
     # (BYOL's recipe keeps it constant, as measured in bench/ssl_table.py; the config's
@@ -318,47 +335,48 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("moco", "MoCo v2 (He et al., 2020; Chen et al., 2020)", MoCoConfig,
            _self_supervised(lambda c, a, e, f, g: MoCo(e, f, c, generator=g), augmented=True),
            "images", SSL_OPTIMISER, defaults=SSL_HEADS["moco"],
-           presets={"cpu": _ssl_cpu(470, momentum=0.99)}),
+           presets=_with_gpu({"cpu": _ssl_cpu(470, momentum=0.99)})),
     Method("byol", "BYOL (Grill et al., 2020)", BYOLConfig,
            _self_supervised(lambda c, a, e, f, g: BYOL(e, f, c), augmented=True),
            "images", SSL_OPTIMISER, defaults=SSL_HEADS["byol"],
-           presets={"cpu": _ssl_cpu(290, momentum=0.99, momentum_schedule="constant")}),
+           presets=_with_gpu({"cpu": _ssl_cpu(290, momentum=0.99,
+                                              momentum_schedule="constant")})),
     Method("simsiam", "SimSiam (Chen & He, 2021)", SimSiamConfig,
            _self_supervised(lambda c, a, e, f, g: SimSiam(e, f, c), augmented=True),
            "images", SSL_OPTIMISER, defaults=SSL_HEADS["simsiam"],
-           presets={"cpu": _ssl_cpu(460)}),
+           presets=_with_gpu({"cpu": _ssl_cpu(460)})),
     Method("barlow", "Barlow Twins (Zbontar et al., 2021)", BarlowTwinsConfig,
            _self_supervised(lambda c, a, e, f, g: BarlowTwins(e, f, c), augmented=True),
            "images", SSL_OPTIMISER, defaults=SSL_HEADS["barlow"],
-           presets={"cpu": _ssl_cpu(380)}),
+           presets=_with_gpu({"cpu": _ssl_cpu(380)})),
     Method("ae", "autoencoder", AutoencoderConfig,
            _self_supervised(lambda c, a, e, f, g: Autoencoder(e, _decoder(a, f), c),
                             augmented=False),
-           "images", SSL_OPTIMISER, presets={"cpu": _ssl_cpu(410)}),
+           "images", SSL_OPTIMISER, presets=_with_gpu({"cpu": _ssl_cpu(410)})),
     Method("dae", "denoising autoencoder (Vincent et al., 2008)", DenoisingConfig,
            _self_supervised(lambda c, a, e, f, g: DenoisingAutoencoder(
                e, _decoder(a, f), c, generator=g), augmented=False),
-           "images", SSL_OPTIMISER, presets={"cpu": _ssl_cpu(460)}),
+           "images", SSL_OPTIMISER, presets=_with_gpu({"cpu": _ssl_cpu(460)})),
     Method("vae", "variational autoencoder (Kingma & Welling, 2014)", VAEConfig,
            _self_supervised(lambda c, a, e, f, g: VAE(
                e, _decoder(a, c.latent_dim), f, c, generator=g), augmented=False),
-           "images", SSL_OPTIMISER, presets={"cpu": _ssl_cpu(420)}),
+           "images", SSL_OPTIMISER, presets=_with_gpu({"cpu": _ssl_cpu(420)})),
     # MAE with per-patch normalised targets in the cpu recipe (He et al., 2022, sec. 3, the
     # setting of their pre-training runs; the config's default is off, as in their code).
     Method("mae", "masked autoencoder, its own small ViT (He et al., 2022)", MAEConfig,
            _mae, "images", SSL_OPTIMISER,
            arch_fields=lambda a: {"image_size": a.image_size, "channels": a.in_channels},
-           presets={"cpu": _ssl_cpu(1_800, norm_pix_loss=True)}),
+           presets=_with_gpu({"cpu": _ssl_cpu(1_800, norm_pix_loss=True)})),
     # PsCo: chapter 6's meta-learning without labels that makes its own N-way K-shot task
     # from a MoCo queue at every step; it trains on unlabeled images like chapter 5's methods.
     Method("psco", "PsCo: pseudo-labelled few-shot tasks from a queue (Jang et al., 2023)",
            PsCoConfig, _self_supervised(lambda c, a, e, f, g: PsCo(e, f, c, generator=g),
                                         augmented=True),
-           "images", SSL_OPTIMISER, presets={"cpu": _ssl_cpu(440)}),
+           "images", SSL_OPTIMISER, presets=_with_gpu({"cpu": _ssl_cpu(440)})),
     Method("rotation", "rotation prediction (Gidaris et al., 2018)", RotationConfig,
            _self_supervised(lambda c, a, e, f, g: RotationPrediction(e, f, c), augmented=True),
            "images", SSL_OPTIMISER, images_per_example=4,
-           presets={"cpu": _ssl_cpu(560)}),
+           presets=_with_gpu({"cpu": _ssl_cpu(560)})),
     # MAXL: chapter 7's auxiliary labels invented by a meta-learner. Trains on the
     # hierarchy of guided.maxl.hierarchy_split (20 alphabets of 5 characters) and is tested
     # on the primary task, the alphabet of held-out drawings. Plain SGD with the virtual
@@ -367,9 +385,10 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     # chapter 7). Width 32 because the virtual step costs two more passes.
     Method("maxl", "MAXL: auxiliary labels generated by a meta-learner (Liu et al., 2019)",
            MAXLConfig, _maxl, "hierarchy", {"optimizer": "sgd", "lr": 0.1, "schedule": "cosine"},
-           presets={"cpu": {"steps": 1_000, "meta_batch": 64, "width": 32,
-                            "set": {"inner_lr": 0.1}},
-                    "full": {"steps": 10_000, "meta_batch": 64, "set": {"inner_lr": 0.1}}}),
+           presets=_with_gpu({"cpu": {"steps": 1_000, "meta_batch": 64, "width": 32,
+                                      "set": {"inner_lr": 0.1}},
+                              "full": {"steps": 10_000, "meta_batch": 64,
+                                       "set": {"inner_lr": 0.1}}})),
 )}
 """Every method, by the name the command line uses."""
 

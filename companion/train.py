@@ -49,12 +49,41 @@ changes (batch statistics) and which learners are refused: :mod:`companion.distr
 ``torch.autocast`` (bfloat16 by default; float16 adds a ``GradScaler`` so that small
 gradients do not underflow). On a CPU the flag is ignored: CPU autocast speeds up only
 processors with bfloat16 matrix units and would make CPU runs, the ones the tests and the
-book's ``smoke``/``cpu`` profiles use, differ from full precision for no gain.
+book's ``smoke``/``cpu`` profiles use, differ from full precision for no gain. Which learners
+autocast is :func:`amp_enabled`'s choice, from ``bench/amp_numerics.py``: it compares each
+method's meta-gradient in float32 and under bfloat16 autocast with float64, on an
+Omniglot-sized batch (Conv-4 of width 64, 28x28, 5-way 1-shot). On a CPU
+(``bench/results/amp_numerics.json``; a GPU's kernels may differ, ``bench/gpu_check.sh``
+measures them) bfloat16 moved the meta-gradient by 12-33% of its norm (cosine 0.94-0.99)
+for ProtoNet, MAML, first-order MAML, ANIL and SimCLR, while another batch of the same size
+moved it by 80-136%: the rounding is small against the sampling noise every step carries.
+Second-order MAML is no exception (18%, cosine 0.98), and its Hessian term alone (MAML's
+gradient minus first-order MAML's) moved by as much (18%), so it autocasts like the rest.
+Reptile moved most, by 57% (cosine 0.84, its direction turned by 33 degrees): its gradient
+``theta - mean(phi)`` is the small difference of two parameter sets after inner Adam steps.
+Reptile sets ``amp_safe = False``, the rule being a cosine below 0.9, and trains in float32
+whatever ``amp`` says.
+
+**Memory layout, pinned copies, compilation.** ``channels_last=True`` stores the 4-d
+weights and every batch's images channels-innermost (NHWC), the layout of the GPU's
+tensor-core convolutions; the values are the same, only the kernels differ (in float64 the
+runs agree to rounding, ``tests/test_train.py``; in float32, batch norm's backward lifts the
+kernels' different rounding to about 1e-3 of a gradient). It works through MAML's
+``functional_call``, ``torch.func.grad`` and ``vmap``. On CUDA every batch is copied to
+pinned host memory and sent with ``non_blocking=True`` (:func:`to_device`), before
+``meta_loss`` augments it: the self-supervised learners' augmentations draw their random
+parameters on the CPU and resample the images where they are, on the GPU.
+``compile=True`` wraps ``meta_loss`` (or its DDP wrapper) in ``torch.compile``; the first
+steps compile, and the logs (``.item()``, Python floats) and the norm layers' transform checks
+split it into several graphs. Every learner compiles (ProtoNet, MAML, SimCLR and Reptile were
+checked on a CPU); whether it pays on a GPU is for ``bench/gpu_paths.py`` to say, which
+measures every one of these settings against float32.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -115,6 +144,8 @@ class TrainConfig:
     device: str = "auto"  # "auto": CUDA if available, else CPU; or "cpu", "cuda:1", ...
     amp: bool = False  # mixed precision on CUDA; ignored on a CPU (see the module doc)
     amp_dtype: str = "bfloat16"  # "bfloat16" or "float16" (with a GradScaler)
+    channels_last: bool = False  # weights and images in NHWC layout (faster convs on GPUs)
+    compile: bool = False  # torch.compile the learner's meta_loss (see the module doc)
 
     def __post_init__(self) -> None:
         for name in ("steps", "meta_batch", "decay_every", "log_every", "val_every",
@@ -128,6 +159,9 @@ class TrainConfig:
         if not self.lr > 0 or not 0 < self.decay_gamma <= 1 or not self.weight_decay >= 0:
             raise ValueError(f"need lr > 0, 0 < decay_gamma <= 1 and weight_decay >= 0; got "
                              f"{self.lr}, {self.decay_gamma} and {self.weight_decay}")
+        for name in ("amp", "channels_last", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool; got {getattr(self, name)!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be None or positive; got {self.grad_clip}")
 
@@ -255,11 +289,12 @@ def fit(
     if world > 1:
         distributed.check_distributable(learner)
     progress = progress and rank == 0
-    use_amp = config.amp and device.type == "cuda"
+    use_amp = config.amp and device.type == "cuda" and amp_enabled(learner)
     amp_dtype = getattr(torch, config.amp_dtype)
     spec = _plain({**(spec or {}), "train_episodes": _episodes(train_sampler),
                    "val_episodes": _episodes(val_sampler) if val_sampler else None})
-    learner.to(device)
+    learner.to(device, memory_format=torch.channels_last if config.channels_last
+               else torch.preserve_format)
     params = [p for p in learner.parameters() if p.requires_grad]
     optim_cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.SGD
     optimizer = optim_cls(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -276,6 +311,8 @@ def fit(
     # which here is meta_loss (MetaLossModule). In one process the loss is computed directly.
     meta_loss = learner.meta_loss if world == 1 else nn.parallel.DistributedDataParallel(
         MetaLossModule(learner), device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        meta_loss = torch.compile(meta_loss)
     cuda = [torch.cuda.current_device() if device.index is None else device.index
             ] if device.type == "cuda" else []
 
@@ -304,10 +341,9 @@ def fit(
         start = time.perf_counter() - state["train_seconds"]
         learner.train()
         while step < last:
-            batch = train_sampler.sample_batch(batch_size).to(device)
-            autocast = (torch.autocast(device.type, dtype=amp_dtype) if use_amp
-                        else contextlib.nullcontext())
-            with autocast:
+            batch = to_device(train_sampler.sample_batch(batch_size), device,
+                              channels_last=config.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 loss, logs = meta_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -362,6 +398,50 @@ def fit(
         write_metrics(out_dir, result)
     distributed.barrier()  # the files are written when fit returns, on every rank
     return result
+
+
+def amp_enabled(learner: nn.Module) -> bool:
+    """Whether ``fit`` runs ``learner.meta_loss`` under autocast when ``amp=True`` (on CUDA):
+    unless the learner's class sets ``amp_safe = False``, as
+    :class:`~companion.meta.reptile.Reptile` does (see the module docstring)."""
+    return bool(getattr(learner, "amp_safe", True))
+
+
+def to_device(batch: Any, device: torch.device, *, channels_last: bool = False) -> Any:
+    """A training batch on ``device``: a tensor, or a dataclass of tensors (``TaskBatch``,
+    ``LabelledBatch``); anything else through its own ``to(device)``.
+
+    On CUDA each tensor is first copied to pinned (page-locked) host memory and then sent
+    with ``non_blocking=True``, so the copy runs on the GPU's copy engine while the host
+    goes on; on the CPU the tensors are returned as they are. ``channels_last`` stores
+    every floating-point image tensor channels-innermost: ``(B, C, H, W)`` as
+    ``torch.channels_last``, and a stack of them ``(T, B, C, H, W)`` so that each
+    ``batch[t]`` is ``channels_last`` (the values are unchanged, only the strides).
+    """
+    pin = device.type == "cuda"
+
+    def move(x: Any) -> Any:
+        if not isinstance(x, torch.Tensor):
+            return x
+        if pin and x.device.type == "cpu":
+            x = x.pin_memory().to(device, non_blocking=True)
+        else:
+            x = x.to(device)
+        if channels_last and x.is_floating_point() and x.ndim >= 4:
+            lead = x.ndim - 3  # (..., C, H, W) -> (..., H, W, C) in memory
+            order = (*range(lead), lead + 1, lead + 2, lead)
+            x = x.permute(order).contiguous().permute(*range(lead), x.ndim - 1, lead, lead + 1)
+        return x
+
+    if isinstance(batch, torch.Tensor):
+        return move(batch)
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return type(batch)(**{f.name: move(getattr(batch, f.name))
+                              for f in dataclasses.fields(batch)})
+    if channels_last:
+        raise TypeError(f"channels_last needs a batch that is a tensor or a dataclass of "
+                        f"tensors; got {type(batch).__name__}")
+    return batch.to(device)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -456,9 +536,9 @@ def _check_same_run(path: Path, state: Mapping[str, Any], config: TrainConfig,
                              f"{sorted(state['rng'][owner])}, but this {owner} has "
                              f"{sorted(generators)}; pass resume=False (CLI: --restart) or "
                              "choose another output folder")
-    new = asdict(config)
-    changed = [f"{k}: {state['config'].get(k)!r} -> {v!r}" for k, v in new.items()
-               if state["config"].get(k) != v]
+    new = asdict(config)  # a field newer than the checkpoint had its default then
+    old = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **state["config"]}
+    changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
     changed += [f"spec[{k!r}]: {state['spec'].get(k)!r} -> {spec.get(k)!r}"
                 for k in sorted(set(spec) | set(state["spec"]))
                 if state["spec"].get(k) != spec.get(k)]
@@ -492,3 +572,4 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+

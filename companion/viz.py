@@ -6,6 +6,9 @@ the returned figure, the command line saves it.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -310,3 +313,73 @@ def glue(name: str, value: object) -> object:
         return value
     myst_glue(name, value, display=False)
     return value
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5_400 else f"{seconds / 3_600:.1f} h"
+
+
+class ProfileCosts:
+    """A chapter's time per compute profile, as a Markdown table (see :func:`profile_costs`).
+
+    Displays in any notebook through ``_repr_markdown_``; ``str()`` is the same Markdown.
+    """
+
+    def __init__(self, rows: list[tuple[str, str, str]], note: str = "") -> None:
+        self.rows = rows  # (profile, time, how it is known)
+        self.note = note
+
+    def __str__(self) -> str:
+        lines = ["| profile | time | |", "|---|---|---|"]
+        lines += [f"| `{name}` | {time} | {how} |" for name, time, how in self.rows]
+        return "\n".join(lines) + (f"\n\n{self.note}" if self.note else "")
+
+    def _repr_markdown_(self) -> str:
+        return str(self)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def profile_costs(chapter: str, results: str | None = None) -> ProfileCosts:
+    """What running ``chapter`` (a notebook's stem, ``"ch02_metric"``) costs in each profile.
+
+    ``smoke`` and ``cpu`` (and ``gpu`` or ``full``, once measured) come from
+    ``bench/results/chapter_times.json`` (``bench/chapter_times.py`` runs every chapter);
+    until a GPU run measures them, ``gpu`` and ``full`` are the estimates for a T4 in
+    ``bench/results/profile_costs.json`` (``bench/profile_costs.py``), and ``full`` without
+    either is the papers' protocols, up to hours. ``results`` is that folder (default: the
+    repository's). Where it is absent, as when the package is installed without the
+    repository (Colab), the table says so and gives ``full`` only.
+
+    Example:
+        >>> print(profile_costs("ch02_metric", results="/nowhere").rows[-1][1])
+        up to hours
+    """
+    folder = Path(results) if results else Path(__file__).resolve().parents[1] / "bench" / "results"
+    times_file, costs_file = folder / "chapter_times.json", folder / "profile_costs.json"
+    if not times_file.exists():
+        return ProfileCosts([("full", "up to hours", "the papers' protocols")],
+                            "The measured times live in the repository's `bench/results/`, "
+                            "which this installation lacks.")
+    times = json.loads(times_file.read_text())
+    costs = json.loads(costs_file.read_text()) if costs_file.exists() else {}
+    rows = []
+    for name in ("smoke", "cpu", "gpu", "full"):
+        run, estimate = times.get(name, {}), costs.get("chapters", {}).get(chapter, {})
+        papers = ", the papers' protocols" if name == "full" else ""
+        if chapter in run.get("seconds", {}):
+            cores, device = run["machine"].split(", ")[:2]  # "2 CPU cores (x86_64)", "no GPU"
+            where = cores.split(" (")[0] if device == "no GPU" else device
+            rows.append((name, _duration(run["seconds"][chapter]), f"measured, {where}{papers}"))
+        elif f"{name}_estimated_s" in estimate:
+            rows.append((name, f"about {_duration(estimate[f'{name}_estimated_s'])}",
+                         f"estimated for an {costs['device']['name']}, not yet measured"
+                         f"{papers}"))
+        elif name == "full":
+            rows.append((name, "up to hours", "the papers' protocols"))
+        else:
+            rows.append((name, "not measured", ""))
+    return ProfileCosts(rows)

@@ -4,8 +4,10 @@ Each file is in the format of ``bench/result_file.py`` (what ran, where, when, a
 rerun it), and every ``python -m companion`` line in it parses with the package's own
 command line, with a registered method and config fields that exist, so a reader can
 reproduce any number of the book's benchmark tables by hand. Nothing is trained here.
-``chapter_times.json`` (the instructor guide's chapter timings) has a format of its own,
-one entry per profile, and is left out.
+``chapter_times.json`` (the instructor guide's chapter timings, one entry per profile),
+``profile_costs.json`` (the estimated gpu-profile times), ``amp_numerics.json`` and
+``gpu_paths.json`` (gradient errors and speed ratios of ``fit``'s fast paths) have formats of
+their own, each described by the script that writes it, and are left out.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from companion.__main__ import build_parser
 from tests.conftest import REPO
 
 RESULTS = REPO / "bench" / "results"
-FILES = sorted(p for p in RESULTS.glob("*.json") if p.name != "chapter_times.json")
+FILES = sorted(p for p in RESULTS.glob("*.json")
+               if p.name not in ("chapter_times.json", "profile_costs.json",
+                                 "amp_numerics.json", "gpu_paths.json"))
 REQUIRED = ("script", "command", "commit", "machine", "when", "profile", "settings", "rows")
 
 
@@ -71,9 +75,10 @@ def test_result_file_says_what_ran_and_how_to_rerun_it(path: Path) -> None:
     assert (REPO / result["script"]).is_file(), result["script"]
     assert result["command"].startswith(f"python {result['script']}"), result["command"]
     assert "--save" in result["command"].split(), result["command"]  # it rewrites this file
-    assert result["profile"] == ("full" if path.stem.endswith("_full") else "cpu"), (
-        f"{path.name} holds a {result['profile']} run: cpu runs go to NAME.json, full ones "
-        "to NAME_full.json")
+    suffix = path.stem.rsplit("_", 1)[-1]
+    assert result["profile"] == (suffix if suffix in ("gpu", "full") else "cpu"), (
+        f"{path.name} holds a {result['profile']} run: cpu runs go to NAME.json, gpu and full "
+        "ones to NAME_gpu.json and NAME_full.json")
     for key in ("commit", "machine", "when"):
         assert isinstance(result[key], str) and result[key], (key, result[key])
     assert result["settings"] and result["rows"], path.name

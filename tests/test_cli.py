@@ -293,3 +293,12 @@ def test_set_accepts_only_config_fields(capsys) -> None:
     err = capsys.readouterr().err
     assert "protonet has no config field 'lr'; allowed: learn_scale, metric, scale" in err
     assert "--lr" in err  # and where the learning rate is set instead
+
+
+def test_fast_path_flags_reach_the_training_config(monkeypatch) -> None:
+    argv = ["train", "protonet", "--dataset", "digits", "--profile", "smoke", "--no-eval",
+            "--quiet", "--val-split", "none"]
+    plain = planned_run(argv, monkeypatch)["config"]
+    assert (plain.amp, plain.channels_last, plain.compile) == (False, False, False)
+    fast = planned_run([*argv, "--amp", "--channels-last", "--compile"], monkeypatch)["config"]
+    assert (fast.amp, fast.channels_last, fast.compile) == (True, True, True)

@@ -66,6 +66,19 @@ def test_the_cpu_presets_are_the_benchmark_recipes() -> None:
         assert "steps" in method.preset("cpu"), method.name
 
 
+def test_the_gpu_presets_train_the_cpu_recipes_longer() -> None:
+    # every method with a cpu recipe has a gpu one: the same recipe (episode shapes,
+    # meta-batch, config fields) with GPU_STEPS times the steps, at the profile's width
+    for method in methods.REGISTRY.values():
+        cpu, gpu = method.preset("cpu"), method.preset("gpu")
+        assert gpu["steps"] == methods.GPU_STEPS * cpu["steps"] > cpu["steps"], method.name
+        assert "width" not in gpu, method.name
+        same = {k: v for k, v in cpu.items() if k not in ("steps", "width")}
+        assert {k: v for k, v in gpu.items() if k != "steps"} == same, method.name
+    assert methods.get("maxl").preset("cpu")["width"] == 32  # the cpu recipe's narrower width
+    assert methods.get("protomaml").preset("gpu")["set"]["inner_lr"] == 0.1
+
+
 def test_unknown_names_and_fields_are_errors_naming_the_allowed_ones() -> None:
     with pytest.raises(ValueError, match="unknown method 'snail'; allowed: protonet, "):
         methods.get("snail")
@@ -97,6 +110,8 @@ def test_default_steps_and_batch_follow_the_profile() -> None:
     assert rotation.default_steps(full, 19_280) == math.ceil(full.epochs * 19_280 / 64)
     assert (rotation.batch(256), simclr.batch(256), rotation.batch(2)) == (64, 256, 1)
     assert methods.get("maml").default_steps(full, 19_280) == full.train_steps
+    gpu = PROFILES["gpu"]  # outside full, the profile's train_steps (the presets set steps)
+    assert simclr.default_steps(gpu, 19_280) == gpu.train_steps
 
 
 def test_the_split_by_training_data() -> None:

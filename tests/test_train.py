@@ -226,6 +226,8 @@ def test_metrics_json_holds_fractions(tmp_path: Path) -> None:
         ({"schedule": "exp"}, "unknown schedule"),
         ({"lr": 0.0}, "lr > 0"),
         ({"grad_clip": -1.0}, "grad_clip"),
+        ({"channels_last": 1}, "channels_last must be a bool"),
+        ({"compile": "yes"}, "compile must be a bool"),
     ],
 )
 def test_config_rejects_bad_values(fields, message) -> None:
@@ -278,3 +280,186 @@ def test_a_checkpoint_of_another_format_is_refused(tmp_path: Path) -> None:
     torch.save({**state, "format": 1}, tmp_path / CHECKPOINT)
     with pytest.raises(ValueError, match="format 1; this version reads format 2"):
         fit(toy(0), train, replace(CONFIG, steps=4), out_dir=tmp_path, progress=False)
+
+
+# ---- fast paths: channels-last, pinned copies, mixed-precision policy, torch.compile ----------
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def glyph_learner(method: str, device: str, **fields):
+    """A small real learner and its sampler: episodes for meta-learners, images for SSL."""
+    from companion import methods
+    from companion.data.batches import ImageBatchSampler
+
+    torch.manual_seed(0)
+    learner = methods.build_learner(method, ways=5, image_size=28, in_channels=1, width=8,
+                                    **fields)
+    data = load_dataset("glyphs", "train", alphabets=2)
+    if methods.get(method).trains_on == "images":
+        return learner, ImageBatchSampler(data, seed=0)
+    return learner, EpisodeSampler(data, 5, 1, 2, seed=0)
+
+
+# SGD, not Adam: Adam's first step is lr * sign(g), which turns rounding noise in a gradient
+# that should be 0 (a conv bias before batch norm) into a full step.
+FAST = replace(CONFIG, steps=3, meta_batch=2, optimizer="sgd", lr=0.1, log_every=1,
+               val_every=100, checkpoint_every=100)
+
+
+def test_to_device_leaves_a_cpu_batch_as_it_is() -> None:
+    from companion.train import to_device
+
+    batch = samplers()[0].sample_batch(2)
+    moved = to_device(batch, torch.device("cpu"))
+    assert all(getattr(moved, f) is getattr(batch, f) for f in
+               ("support_x", "support_y", "query_x", "query_y"))  # not even copied
+    images = torch.rand(4, 1, 8, 8)
+    assert to_device(images, torch.device("cpu")) is images
+
+
+def test_channels_last_changes_the_layout_not_the_values() -> None:
+    from companion.data.episodes import TaskBatch
+    from companion.train import to_device
+
+    x = torch.rand(2, 6, 3, 5, 7)  # (T, N*K, C, H, W): three channels, so layouts differ
+    y = torch.arange(6).repeat(2, 1)
+    moved = to_device(TaskBatch(x, y, x, y), torch.device("cpu"), channels_last=True)
+    assert torch.equal(moved.support_x, x) and moved.support_y is y  # labels untouched
+    for t in range(2):  # each task's images are a channels_last (B, C, H, W) tensor
+        assert moved.support_x[t].is_contiguous(memory_format=torch.channels_last)
+        assert not x[t].is_contiguous(memory_format=torch.channels_last)
+    images = to_device(x[0], torch.device("cpu"), channels_last=True)
+    assert torch.equal(images, x[0])
+    assert images.stride() == x[0].contiguous(memory_format=torch.channels_last).stride()
+    with pytest.raises(TypeError, match="channels_last needs a batch"):
+        to_device([x], torch.device("cpu"), channels_last=True)
+
+
+class Float64Batches:
+    """A sampler's batches in float64 (its generators are the sampler's own)."""
+
+    def __init__(self, sampler) -> None:
+        self.sampler = sampler
+
+    def generators(self):
+        return self.sampler.generators()
+
+    def sample_batch(self, n):
+        batch = self.sampler.sample_batch(n)
+        return batch.double() if isinstance(batch, torch.Tensor) else batch.to(dtype=torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", ["protonet", "simclr", "maml"])
+def test_channels_last_trains_to_the_same_parameters(method, device, one_thread) -> None:
+    """A few steps with channels-last weights and images end where NCHW ones do. In float64:
+    in float32 the two layouts' convolution kernels round differently, and batch norm's
+    backward (a difference of means) lifts that to ~1e-3 of a gradient. MAML runs through
+    functional_call and torch.func.grad."""
+    ends = []
+    for channels_last in (False, True):
+        learner, sampler = glyph_learner(method, device)
+        fit(learner.double(), Float64Batches(sampler),
+            replace(FAST, device=device, channels_last=channels_last), progress=False)
+        ends.append([p.detach().cpu() for p in learner.parameters()])
+        weights = [p for p in learner.parameters() if p.ndim == 4]
+        assert weights and all(w.is_contiguous(memory_format=torch.channels_last)
+                               for w in weights) == channels_last
+    if device == "cpu":  # other kernels ran (on CUDA, float64 may fall back to the same one)
+        assert not all(torch.equal(a, b) for a, b in zip(*ends, strict=True))
+    for plain, last in zip(*ends, strict=True):
+        torch.testing.assert_close(last, plain, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_maml_vmap_meta_gradient_is_the_same_channels_last(device) -> None:
+    """MAML's vmap over tasks (functional_call inside torch.func.grad and vmap) with
+    channels-last weights and images gives the NCHW meta-gradient (float64)."""
+    from companion.train import to_device
+
+    learner, sampler = glyph_learner("maml", device, strategy="vmap")
+    learner = learner.double().to(device)
+    batch = sampler.sample_batch(3).to(device, torch.float64)
+    grads = []
+    for channels_last in (False, True):
+        if channels_last:
+            learner.to(memory_format=torch.channels_last)
+        loss, _ = learner.meta_loss(to_device(batch, torch.device(device),
+                                              channels_last=channels_last))
+        grads.append(torch.autograd.grad(loss, list(learner.parameters())))
+    for plain, last in zip(*grads, strict=True):
+        torch.testing.assert_close(last, plain, atol=1e-10, rtol=1e-8)
+
+
+class AutocastProbe(nn.Module):
+    """A linear classifier of digits that records whether ``meta_loss`` ran under autocast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(64, 5)
+        self.seen: list[bool] = []
+
+    def meta_loss(self, batch):
+        self.seen.append(torch.is_autocast_enabled(batch.query_x.device.type))
+        logits = self.net(batch.query_x.flatten(2))  # (T, N*Q, N)
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch.query_y.flatten()), {}
+
+    def classify(self, episode):
+        return self.net(episode.query_x.flatten(1))
+
+
+class Float32Probe(AutocastProbe):
+    amp_safe = False
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_amp_autocasts_only_the_learners_that_allow_it(device) -> None:
+    """amp=True autocasts meta_loss on CUDA, never on a CPU, and never for a learner with
+    ``amp_safe = False`` (Reptile)."""
+    from companion.train import amp_enabled
+
+    for probe_class in (AutocastProbe, Float32Probe):
+        probe = probe_class()
+        fit(probe, samplers()[0], replace(FAST, device=device, amp=True), progress=False)
+        assert probe.seen == [device == "cuda" and probe_class is AutocastProbe] * FAST.steps
+    learners = {name: glyph_learner(name, "cpu")[0]
+                for name in ("protonet", "maml", "fomaml", "anil", "simclr", "reptile")}
+    assert {name: amp_enabled(learner) for name, learner in learners.items()} == {
+        "protonet": True, "maml": True, "fomaml": True, "anil": True, "simclr": True,
+        "reptile": False}
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Dynamo does not know how to trace")
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_meta_loss_trains_as_eager(device, one_thread) -> None:
+    """compile=True (torch.compile of meta_loss, inductor) gives eager's losses and
+    parameters to float32 rounding. Slow: compiling takes 10-80 s on 2 CPU cores."""
+    import shutil
+
+    from torch._dynamo.utils import counters
+    from torch.utils._triton import has_triton
+
+    if device == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
+        pytest.skip("torch.compile's inductor needs a C++ compiler on the CPU; none found")
+    if device == "cuda" and not has_triton():
+        pytest.skip("torch.compile's inductor needs triton on CUDA; it is not installed")
+    torch._dynamo.reset()
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    runs = []
+    try:  # float32 without TF32, whose 10-bit mantissa differs between kernels
+        for compile_ in (False, True):
+            learner, sampler = glyph_learner("protonet", device)
+            result = fit(learner, sampler, replace(FAST, device=device, compile=compile_),
+                         progress=False)
+            runs.append(([h["loss"] for h in result.history["train"]],
+                         [p.detach().cpu() for p in learner.parameters()]))
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    (eager_losses, eager), (compiled_losses, compiled) = runs
+    assert counters["stats"]["unique_graphs"] > 0  # it did compile
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)

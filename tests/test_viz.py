@@ -62,3 +62,71 @@ def test_glue_returns_its_value() -> None:
     from companion.viz import glue
 
     assert glue("test_value", 0.5) == 0.5
+
+
+def _write_results(folder, gpu_measured: bool = False) -> None:
+    import json
+
+    machine = "2 CPU cores (x86_64), no GPU, torch 2.13.0+cpu"
+    times = {p: {"machine": machine, "seconds": {"ch02_metric": s, "ch03_gradient": 2 * s}}
+             for p, s in (("smoke", 15.0), ("cpu", 263.2))}
+    if gpu_measured:
+        times["gpu"] = {"machine": "8 CPU cores (x86_64), Tesla T4, torch 2.5",
+                        "seconds": {"ch02_metric": 312.0}}
+    costs = {"device": {"name": "NVIDIA T4"},
+             "chapters": {"ch02_metric": {"gpu_estimated_s": 51.4, "full_estimated_s": 700.0},
+                          "ch03_gradient": {"gpu_estimated_s": 400.0,
+                                            "full_estimated_s": 4.5 * 3_600}}}
+    (folder / "chapter_times.json").write_text(json.dumps(times))
+    (folder / "profile_costs.json").write_text(json.dumps(costs))
+
+
+def test_profile_costs_measured_and_estimated(tmp_path) -> None:
+    from companion.viz import profile_costs
+
+    _write_results(tmp_path)
+    table = profile_costs("ch02_metric", results=str(tmp_path))
+    assert table.rows == [
+        ("smoke", "15 s", "measured, 2 CPU cores"),
+        ("cpu", "4.4 min", "measured, 2 CPU cores"),  # 263.2 s
+        ("gpu", "about 51 s", "estimated for an NVIDIA T4, not yet measured"),
+        ("full", "about 11.7 min",
+         "estimated for an NVIDIA T4, not yet measured, the papers' protocols")]
+    assert table._repr_markdown_().splitlines()[3] == "| `cpu` | 4.4 min | measured, 2 CPU cores |"
+    ch03 = profile_costs("ch03_gradient", results=str(tmp_path)).rows
+    assert (ch03[2][1], ch03[3][1]) == ("about 6.7 min", "about 4.5 h")
+    missing = profile_costs("ch05_contrastive", results=str(tmp_path))
+    assert [r[1] for r in missing.rows] == ["not measured"] * 3 + ["up to hours"]
+    assert missing.rows[3][2] == "the papers' protocols"
+
+
+def test_profile_costs_a_gpu_measurement_replaces_the_estimate(tmp_path) -> None:
+    from companion.viz import profile_costs
+
+    _write_results(tmp_path, gpu_measured=True)
+    gpu = profile_costs("ch02_metric", results=str(tmp_path)).rows[2]
+    assert gpu == ("gpu", "5.2 min", "measured, Tesla T4")
+
+
+def test_profile_costs_without_the_repository(tmp_path) -> None:
+    from companion.viz import profile_costs
+
+    table = profile_costs("ch02_metric", results=str(tmp_path / "absent"))  # Colab: no bench/
+    assert table.rows == [("full", "up to hours", "the papers' protocols")]
+    assert "bench/results/" in str(table) and "lacks" in str(table)
+
+
+def test_profile_costs_of_the_book_name_every_chapter() -> None:
+    import json
+    from pathlib import Path
+
+    from companion.viz import profile_costs
+
+    results = Path(__file__).resolve().parents[1] / "bench" / "results"
+    estimated = json.loads((results / "profile_costs.json").read_text())["chapters"]
+    for chapter in sorted(p.stem for p in (results.parents[1] / "book").glob("ch*.md")):
+        rows = dict((name, time) for name, time, _ in profile_costs(chapter).rows)
+        assert set(rows) == {"smoke", "cpu", "gpu", "full"}, chapter
+        assert "not measured" not in rows.values(), (chapter, rows)
+        gpu = estimated[chapter]["gpu_estimated_s"]
+        assert 0 < gpu <= estimated[chapter].get("full_estimated_s", gpu), chapter

@@ -146,6 +146,11 @@ class Reptile(nn.Module):
             checkpoints.
     """
 
+    # fit's mixed precision leaves Reptile in float32: its gradient theta - mean(phi) is the
+    # small difference of two parameter sets, whose direction bfloat16 autocast in the inner
+    # loop turns the most of all methods (bench/amp_numerics.py; companion.train's docstring).
+    amp_safe = False
+
     def __init__(
         self,
         net: nn.Module,
