@@ -9,6 +9,7 @@ Examples::
     python -m companion train protonet --dataset omniglot --ways 5 --shots 1 --profile cpu
     python -m companion eval --checkpoint runs/protonet-omniglot-5w1s/checkpoint.pt --shots 5
     python -m companion train maml --dataset omniglot --set inner_steps_test=3 --lr 3e-4
+    python -m companion train protonet --dataset cifar_fs --backbone resnet12 --profile gpu
     torchrun --nproc_per_node=2 -m companion train simclr --dataset glyphs --device cpu
 
 ``train`` meta-trains on the dataset's training split, validates on its validation split,
@@ -21,7 +22,8 @@ training recipe (training episodes, steps, tasks or images per step, optimiser, 
 rotations, config fields) is the method's preset for the profile (``--profile`` or
 ``$COMPANION_PROFILE``; see :data:`companion.methods.REGISTRY`), then the method's
 optimiser, then the profile's sizes (images at the profile's ``image_size``, except
-``cifar_fs``, which keeps the benchmark's 32x32), and each flag overrides its part. ``--set
+``cifar_fs``, which keeps the benchmark's 32x32; the Conv-4 backbone, except ResNet-12 for
+``cifar_fs`` in the ``full`` profile), and each flag overrides its part. ``--set
 FIELD=VALUE`` (repeatable) sets a field of the method's config dataclass and nothing else
 (an unknown field is an error naming the allowed ones); at ``eval`` it overrides the trained
 value (test-time fields such as ``inner_steps_test``; fields that change the weights' shapes
@@ -314,7 +316,10 @@ def _train_run(args: argparse.Namespace) -> int:
                     "image_size": data["image_size"],
                     "in_channels": train_set.image_shape[0],
                     "width": args.width or recipe.get("width") or profile.width,
-                    "seed": args.seed, **recipe["set"]}
+                    "seed": args.seed,
+                    "backbone": args.backbone or methods.default_backbone(method, profile.name,
+                                                                          args.dataset),
+                    **recipe["set"]}
     if args.aux:  # a self-supervised loss beside the episodic one (chapters 7 and 8)
         learner_spec.update(aux=args.aux, aux_weight=args.aux_weight)
     with torch.random.fork_rng(devices=[]):  # the initial weights follow --seed
@@ -601,7 +606,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start the encoder from the one in this checkpoint (any method's, "
                              "same --width); cactus also clusters its features")
     train.add_argument("--width", type=_positive, default=None,
-                       help="filters per Conv-4 block (default: the profile's)")
+                       help="filters per Conv-4 block, or of ResNet-12's first (default: the "
+                            "profile's)")
+    train.add_argument("--backbone", choices=methods.BACKBONES, default=None,
+                       help="the image encoder (default: conv4; resnet12 for cifar_fs in the "
+                            "full profile); the MAE keeps its ViT")
     train.add_argument("--val-every", type=_positive, default=None)
     train.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     train.add_argument("--channels-last", action="store_true",

@@ -60,7 +60,7 @@ from companion.meta.maml import MAML, MAMLConfig, ProtoMAML
 from companion.meta.matching import MatchingConfig, MatchingNet
 from companion.meta.protonet import ProtoNet, ProtoNetConfig
 from companion.meta.reptile import Reptile, ReptileConfig
-from companion.nets import Conv4, linear_head
+from companion.nets import Conv4, ResNet12, linear_head
 from companion.profiles import Profile
 from companion.ssl.autoencoders import (
     Autoencoder,
@@ -92,8 +92,9 @@ class Arch:
     ways: int  # classes per training episode: the size of a gradient-based method's head
     image_size: int  # side of the square input images
     in_channels: int  # 1 for Omniglot and glyphs, 3 for colour images
-    width: int  # filters of every Conv-4 block (64 in the papers)
+    width: int  # filters of every Conv-4 block (64 in the papers); ResNet-12's first block
     seed: int = 0  # seed of the learner's own generator (augmentations, minibatches)
+    backbone: str = "conv4"  # a name in BACKBONES
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class Method:
     arch_fields: Callable[[Arch], dict[str, Any]] | None = None  # config fields from the data
     fixed_ways: bool = False  # its head has exactly `ways` outputs: tests on `ways`-way only
     images_per_example: int = 1  # images each training example becomes (rotation: 4)
+    own_backbone: bool = False  # its network is its own (the MAE's ViT), not one of BACKBONES
 
     def fields(self) -> tuple[str, ...]:
         """The config fields ``--set`` accepts, in declaration order."""
@@ -151,31 +153,64 @@ def conv4(in_channels: int, width: int, *, running_stats: bool = False) -> Conv4
 
 def conv4_classifier(ways: int, image_size: int, in_channels: int, width: int) -> nn.Sequential:
     """``nn.Sequential(body, head)``: Conv-4, then a linear layer to ``ways`` logits."""
-    body = conv4(in_channels, width)
-    return nn.Sequential(body, linear_head(body.out_features(image_size), ways))
+    return image_classifier(Arch(ways, image_size, in_channels, width))
+
+
+BACKBONES = ("conv4", "resnet12")
+"""The image encoders every method but the MAE (its own ViT) is built on: the papers' Conv-4,
+the default, and ResNet-12 (TADAM, Oreshkin et al., 2018; MetaOptNet, Lee et al., 2019), the
+usual backbone on CIFAR-FS and miniImageNet. ``width`` is ResNet-12's first block; the
+blocks widen as 1 : 2.5 : 5 : 10, so width 64 gives MetaOptNet's 64-160-320-640."""
+FULL_BACKBONE = {"cifar_fs": "resnet12"}
+"""The ``full`` profile's backbone on a dataset whose papers train another than Conv-4:
+ResNet-12 on CIFAR-FS, as MetaOptNet (Lee et al., 2019, sec. 4) does there."""
+
+
+def default_backbone(method: Method, profile: str, dataset: str) -> str:
+    """The backbone ``train`` builds ``method`` on when ``--backbone`` is not given:
+    :data:`FULL_BACKBONE`'s for ``dataset`` in the ``full`` profile, else Conv-4 (and always
+    Conv-4 for a method with its own network, which ignores it)."""
+    if profile == "full" and not method.own_backbone:
+        return FULL_BACKBONE.get(dataset, "conv4")
+    return "conv4"
+
+
+def image_encoder(arch: Arch, *, running_stats: bool = False) -> nn.Module:
+    """``arch.backbone`` with ``arch.width``: a :class:`~companion.nets.Conv4` (see
+    :func:`conv4`) or a :class:`~companion.nets.ResNet12` with the same batch norm."""
+    if arch.backbone == "conv4":
+        return conv4(arch.in_channels, arch.width, running_stats=running_stats)
+    check_choice("backbone", arch.backbone, BACKBONES)
+    widths = [round(arch.width * scale) for scale in (1, 2.5, 5, 10)]
+    return ResNet12(arch.in_channels, widths, norm="batch", track_running_stats=running_stats)
+
+
+def image_classifier(arch: Arch) -> nn.Sequential:
+    """``nn.Sequential(body, head)``: :func:`image_encoder`, then a linear layer to ``arch.ways``
+    logits (MAML's and Reptile's network)."""
+    body = image_encoder(arch)
+    return nn.Sequential(body, linear_head(body.out_features(arch.image_size), arch.ways))
 
 
 def _protonet(config: ProtoNetConfig, arch: Arch) -> ProtoNet:
-    return ProtoNet(conv4(arch.in_channels, arch.width), config)
+    return ProtoNet(image_encoder(arch), config)
 
 
 def _matchingnet(config: MatchingConfig, arch: Arch) -> MatchingNet:
-    encoder = conv4(arch.in_channels, arch.width)
-    return MatchingNet(encoder, config, feature_dim=encoder.out_features(arch.image_size))
+    body = image_encoder(arch)
+    return MatchingNet(body, config, feature_dim=body.out_features(arch.image_size))
 
 
 def _maml(config: MAMLConfig, arch: Arch) -> MAML:
-    return MAML(conv4_classifier(arch.ways, arch.image_size, arch.in_channels, arch.width),
-                config)
+    return MAML(image_classifier(arch), config)
 
 
 def _protomaml(config: MAMLConfig, arch: Arch) -> ProtoMAML:
-    return ProtoMAML(conv4(arch.in_channels, arch.width), arch.ways, config)
+    return ProtoMAML(image_encoder(arch), arch.ways, config)
 
 
 def _reptile(config: ReptileConfig, arch: Arch) -> Reptile:
-    return Reptile(conv4_classifier(arch.ways, arch.image_size, arch.in_channels, arch.width),
-                   config, seed=arch.seed)
+    return Reptile(image_classifier(arch), config, seed=arch.seed)
 
 
 def _self_supervised(make: Callable[[Any, Arch, nn.Module, int, torch.Generator], nn.Module],
@@ -188,8 +223,8 @@ def _self_supervised(make: Callable[[Any, Arch, nn.Module, int, torch.Generator]
 
     def build(config: Any, arch: Arch) -> SelfSupervised:
         generator = torch.Generator().manual_seed(arch.seed)
-        encoder = conv4(arch.in_channels, arch.width, running_stats=True)
-        model = make(config, arch, encoder, encoder.out_features(arch.image_size), generator)
+        body = image_encoder(arch, running_stats=True)
+        model = make(config, arch, body, body.out_features(arch.image_size), generator)
         augment = None
         if augmented:
             augment = AugmentConfig.glyphs() if arch.in_channels == 1 else AugmentConfig.rgb()
@@ -199,14 +234,13 @@ def _self_supervised(make: Callable[[Any, Arch, nn.Module, int, torch.Generator]
 
 
 def _maxl(config: MAXLConfig, arch: Arch) -> MAXL:
-    """MAXL's two Conv-4s (the label generator only for ``labels="maxl"``); ``arch.ways`` is the
+    """MAXL's two encoders (the label generator only for ``labels="maxl"``); ``arch.ways`` is the
     number of primary classes, and both auxiliary heads have ``psi`` classes per primary
     class (the human labels are numbered that way by
     :func:`~companion.guided.maxl.hierarchy_split`)."""
-    encoder = conv4(arch.in_channels, arch.width, running_stats=True)
-    label_encoder = (conv4(arch.in_channels, arch.width, running_stats=True)
-                     if config.labels == "maxl" else None)
-    return MAXL(encoder, label_encoder, encoder.out_features(arch.image_size), arch.ways,
+    body = image_encoder(arch, running_stats=True)
+    label_encoder = image_encoder(arch, running_stats=True) if config.labels == "maxl" else None
+    return MAXL(body, label_encoder, body.out_features(arch.image_size), arch.ways,
                 arch.ways * config.psi, config)
 
 
@@ -364,7 +398,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     # MAE with per-patch normalised targets in the cpu recipe (He et al., 2022, sec. 3, the
     # setting of their pre-training runs; the config's default is off, as in their code).
     Method("mae", "masked autoencoder, its own small ViT (He et al., 2022)", MAEConfig,
-           _mae, "images", SSL_OPTIMISER,
+           _mae, "images", SSL_OPTIMISER, own_backbone=True,
            arch_fields=lambda a: {"image_size": a.image_size, "channels": a.in_channels},
            presets=_with_gpu({"cpu": _ssl_cpu(1_800, norm_pix_loss=True)})),
     # PsCo: chapter 6's meta-learning without labels that makes its own N-way K-shot task
@@ -423,8 +457,8 @@ AUXILIARIES = ("rotation",)
 
 
 def build_learner(method: str, *, ways: int, image_size: int, in_channels: int, width: int,
-                  seed: int = 0, aux: str | None = None, aux_weight: float | str = 1.0,
-                  **fields: Any) -> nn.Module:
+                  seed: int = 0, backbone: str = "conv4", aux: str | None = None,
+                  aux_weight: float | str = 1.0, **fields: Any) -> nn.Module:
     """A fresh learner for ``method`` on ``ways``-way episodes of ``image_size`` images.
 
     Its keyword arguments are plain data, which is why a checkpoint can store them and
@@ -435,9 +469,10 @@ def build_learner(method: str, *, ways: int, image_size: int, in_channels: int, 
         ways: classes per episode (the size of the gradient-based methods' heads).
         image_size: side of the square input images.
         in_channels: channels of the input images.
-        width: filters of every Conv-4 block (64 in the papers).
+        width: filters of every Conv-4 block (64 in the papers), or of ResNet-12's first.
         seed: seed of the learner's own generator (Reptile's minibatches, the
             self-supervised methods' augmentations, noise and masks).
+        backbone: the image encoder, a name in :data:`BACKBONES`.
         aux: a self-supervised loss to add on the learner's encoder (chapter 8,
             :class:`~companion.guided.ssl_aux.WithAuxiliary`): ``"rotation"``; episodic
             methods only.
@@ -445,7 +480,8 @@ def build_learner(method: str, *, ways: int, image_size: int, in_channels: int, 
         **fields: fields of the method's config dataclass, over the entry's defaults.
 
     Raises:
-        ValueError: unknown ``method`` or config field, or an ``aux`` that cannot join it.
+        ValueError: unknown ``method``, config field or ``backbone``, a ``backbone`` for the
+            MAE (its own ViT), or an ``aux`` that cannot join it.
 
     Example:
         >>> learner = build_learner("protonet", ways=5, image_size=28, in_channels=1, width=8)
@@ -457,8 +493,13 @@ def build_learner(method: str, *, ways: int, image_size: int, in_channels: int, 
     """
     entry = get(method)
     check_config_fields(method, fields)
+    check_choice("backbone", backbone, BACKBONES)
+    if entry.own_backbone and backbone != "conv4":
+        raise ValueError(f"{method} builds its own network; --backbone {backbone} applies to "
+                         f"every other method")
     arch = Arch(check_int("ways", ways), check_int("image_size", image_size),
-                check_int("in_channels", in_channels), check_int("width", width), seed)
+                check_int("in_channels", in_channels), check_int("width", width), seed,
+                backbone)
     shaped = entry.arch_fields(arch) if entry.arch_fields else {}
     learner = entry.build(entry.config(**{**entry.defaults, **shaped, **fields}), arch)
     if aux is None:

@@ -302,3 +302,60 @@ def test_fast_path_flags_reach_the_training_config(monkeypatch) -> None:
     assert (plain.amp, plain.channels_last, plain.compile) == (False, False, False)
     fast = planned_run([*argv, "--amp", "--channels-last", "--compile"], monkeypatch)["config"]
     assert (fast.amp, fast.channels_last, fast.compile) == (True, True, True)
+
+
+def test_full_profile_on_cifar_fs_builds_resnet12(cifar_fs_root, monkeypatch) -> None:
+    """MetaOptNet's backbone on CIFAR-FS in the full profile; Conv-4 elsewhere, and a flag
+    chooses either."""
+    from companion.nets import Conv4, ResNet12
+
+    def plan(*flags):
+        run = planned_run(["train", "protonet", "--dataset", "cifar_fs", "--root",
+                           str(cifar_fs_root), "--no-eval", "--quiet", "--shots", "1",
+                           "--queries", "2", "--train-ways", "5", "--train-queries", "2",
+                           *flags], monkeypatch)
+        return run["spec"]["learner"]["backbone"], run["learner"].encoder
+
+    backbone, encoder = plan("--profile", "full", "--width", "4")
+    assert backbone == "resnet12" and isinstance(encoder, ResNet12)
+    assert encoder.channels == (4, 10, 20, 40)  # 1 : 2.5 : 5 : 10, as 64-160-320-640
+    backbone, encoder = plan("--profile", "smoke")
+    assert backbone == "conv4" and isinstance(encoder, Conv4)
+    backbone, encoder = plan("--profile", "full", "--width", "4", "--backbone", "conv4")
+    assert backbone == "conv4" and isinstance(encoder, Conv4)
+
+
+def test_a_resnet12_run_trains_and_evaluates_from_its_checkpoint(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "protonet", "--dataset", "digits", "--ways", "3", "--queries", "2",
+                 "--profile", "smoke", "--steps", "2", "--episodes", "4", "--width", "2",
+                 "--backbone", "resnet12", "--val-split", "none", "--quiet",
+                 "--out", str(out)]) == 0
+    spec = torch.load(out / "checkpoint.pt", weights_only=True)["spec"]["learner"]
+    assert spec["backbone"] == "resnet12"
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--episodes", "4",
+                 "--quiet"]) == 0  # rebuilt as a ResNet-12, or its weights would not load
+    assert "protonet on digits/test, 3-way 1-shot: accuracy = " in capsys.readouterr().out
+    assert main(["train", "mae", "--dataset", "digits", "--backbone", "resnet12",
+                 "--profile", "smoke", "--quiet", "--out", str(tmp_path / "mae")]) == 2
+    assert "mae builds its own network; --backbone resnet12 applies to every other" in (
+        capsys.readouterr().err)
+
+
+def test_simclr_on_cifar_fs_trains_with_simclrs_colour_distortion(cifar_fs_root, tmp_path,
+                                                                  capsys) -> None:
+    """Colour images get SimCLR's CIFAR recipe (colour jitter, grayscale, flips): one
+    step on the synthetic CIFAR-FS, then its test probe."""
+    from companion.data.augment import AugmentConfig
+    from companion.methods import learner_from_checkpoint
+
+    out = tmp_path / "simclr"
+    assert main(["train", "simclr", "--dataset", "cifar_fs", "--root", str(cifar_fs_root),
+                 "--profile", "smoke", "--steps", "1", "--meta-batch", "8", "--shots", "1",
+                 "--queries", "2", "--episodes", "2", "--val-split", "none", "--quiet",
+                 "--out", str(out)]) == 0
+    assert "trained simclr on cifar_fs/train for 1 steps" in capsys.readouterr().out
+    learner = learner_from_checkpoint(torch.load(out / "checkpoint.pt", weights_only=True))
+    assert learner.augment_config == AugmentConfig.rgb()
+    assert learner.augment_config.jitter_p > 0 and learner.augment_config.grayscale_p > 0

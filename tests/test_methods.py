@@ -128,6 +128,47 @@ def test_every_method_is_a_learner(name: str) -> None:
     assert isinstance(learner, Learner)
 
 
+RESNET = [name for name in methods.METHODS if not methods.get(name).own_backbone]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", RESNET)
+def test_every_method_trains_on_resnet12(name: str, device: str, tmp_path) -> None:
+    """``backbone="resnet12"`` puts a ResNet-12 (MetaOptNet's widths 1 : 2.5 : 5 : 10) where
+    the Conv-4 was, and the method trains and classifies with it."""
+    from companion.nets import ResNet12
+
+    method = methods.get(name)
+    torch.manual_seed(0)
+    learner = methods.build_learner(name, **{**SMALL, "width": 2}, backbone="resnet12")
+    encoder = learner.encoder if name == "maxl" else methods.encoder_of(learner)
+    assert isinstance(encoder, ResNet12) and encoder.channels == (2, 5, 10, 20)
+    config = TrainConfig(**method.training, steps=2, meta_batch=2 if method.trains_on ==
+                         "episodes" else 8, device=device)
+    result = fit(learner, _task_source(method), config, out_dir=tmp_path, progress=False)
+    assert result.step == 2 and math.isfinite(result.history["train"][-1]["loss"])
+    episode = _episodes("test", 2).sample().to(device)
+    learner.eval()
+    with torch.no_grad():
+        assert torch.isfinite(learner.classify(episode)).all()
+
+
+def test_resnet12_widths_and_the_mae_refusal() -> None:
+    learner = methods.build_learner("protonet", **SMALL, backbone="resnet12")
+    assert learner.encoder.channels == (8, 20, 40, 80)
+    assert methods.build_learner("protonet", **{**SMALL, "width": 64},
+                                 backbone="resnet12").encoder.channels == (64, 160, 320, 640)
+    with pytest.raises(ValueError, match="mae builds its own network"):
+        methods.build_learner("mae", **SMALL, backbone="resnet12")
+    with pytest.raises(ValueError, match="unknown backbone 'vgg'; allowed: conv4, resnet12"):
+        methods.build_learner("protonet", **SMALL, backbone="vgg")
+    protonet = methods.get("protonet")
+    assert methods.default_backbone(protonet, "full", "cifar_fs") == "resnet12"
+    assert methods.default_backbone(protonet, "gpu", "cifar_fs") == "conv4"
+    assert methods.default_backbone(protonet, "full", "omniglot") == "conv4"
+    assert methods.default_backbone(methods.get("mae"), "full", "cifar_fs") == "conv4"
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", methods.METHODS)
 def test_fit_and_evaluate_every_method(name: str, device: str, tmp_path) -> None:
