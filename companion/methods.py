@@ -61,7 +61,7 @@ from companion.meta.matching import MatchingConfig, MatchingNet
 from companion.meta.protonet import ProtoNet, ProtoNetConfig
 from companion.meta.reptile import Reptile, ReptileConfig
 from companion.nets import Conv4, ResNet12, linear_head
-from companion.profiles import Profile
+from companion.profiles import GPU_STEPS, Profile
 from companion.ssl.autoencoders import (
     Autoencoder,
     AutoencoderConfig,
@@ -291,10 +291,6 @@ SSL_HEADS = {
 """Projector widths for a Conv-4 encoder (64 features), in place of the papers' widths for a
 ResNet-50 (2,048 features: SimCLR 2048 -> 128, BYOL 4096 -> 256, Barlow Twins 3 x 8192),
 which would dwarf the encoder."""
-GPU_STEPS = 4
-"""The ``gpu`` presets train the ``cpu`` recipe this many times as long: the profile's sizes
-scaled up where more training teaches more, with the same episode shapes and optimiser so the
-tables' recipes stay comparable."""
 
 
 def _with_gpu(presets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

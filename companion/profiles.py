@@ -29,6 +29,11 @@ from dataclasses import dataclass, replace
 import torch
 
 PROFILE_NAMES = ("smoke", "cpu", "gpu", "full")
+GPU_STEPS = 4
+"""The ``gpu`` presets of :mod:`companion.methods` and :mod:`companion.tasks` train the
+``cpu`` recipe this many times as long: the profile's sizes scaled up where more training
+teaches more, with the same episode shapes and optimiser so the tables' recipes stay
+comparable."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from companion.profiles import GPU_STEPS
 from companion.tasks.cactus import CACTUs, kmeans
 from companion.tasks.lasium import LASIUM
 from companion.tasks.pool import unlabeled_images
@@ -105,17 +106,28 @@ LASIUM_CPU = {"rotations": False, "methods": {"protonet": {"steps": 1_700}}}
 about 40% more than a labelled one (2,700 steps took 376 s in bench/unsupervised_table.py);
 1,700 steps, and anchors from the 19,280 unrotated images."""
 
+
+
+def _with_gpu(presets: dict[str, Any]) -> dict[str, Any]:
+    """``presets`` plus a ``gpu`` one: the ``cpu`` recipe with each method's steps times
+    :data:`~companion.profiles.GPU_STEPS`, as the methods' own ``gpu`` presets."""
+    cpu = presets["cpu"]
+    scaled = {name: {**recipe, "steps": GPU_STEPS * recipe["steps"]}
+              for name, recipe in cpu["methods"].items()}
+    return {**presets, "gpu": {**cpu, "methods": scaled}}
+
+
 TASKS: dict[str, TaskSourceEntry] = {e.name: e for e in (
     TaskSourceEntry("umtra", "random images as classes, augmentations as queries "
                     "(Khodadadeh et al., 2019)", _umtra,
-                    presets={"smoke": {"train_queries": 5}, "cpu": UMTRA_CPU}),
+                    presets=_with_gpu({"smoke": {"train_queries": 5}, "cpu": UMTRA_CPU})),
     TaskSourceEntry("cactus", "k-means clusters of an encoder's embedding as classes "
                     "(Hsu et al., 2019)", _cactus, needs="encoder",
-                    presets={"smoke": {"train_queries": 5, "rotations": False,
-                                       "options": {"clusters": 50, "partitions": 2}},
-                             "cpu": CACTUS_CPU}),
+                    presets=_with_gpu({"smoke": {"train_queries": 5, "rotations": False,
+                                                 "options": {"clusters": 50, "partitions": 2}},
+                                       "cpu": CACTUS_CPU})),
     TaskSourceEntry("lasium", "neighbourhoods of anchors in a VAE's latent space "
                     "(Khodadadeh et al., 2021)", _lasium, needs="generator",
-                    presets={"smoke": {"train_queries": 5}, "cpu": LASIUM_CPU}),
+                    presets=_with_gpu({"smoke": {"train_queries": 5}, "cpu": LASIUM_CPU})),
 )}
 """Every task source of the command line, by name (``labels`` is the labelled default)."""

@@ -59,6 +59,17 @@ def test_every_source_of_the_command_line_is_tested_here():
     assert set(TASKS) <= set(BUILDERS)
 
 
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_the_gpu_recipe_is_the_cpu_recipe_trained_longer(name):
+    from companion.profiles import GPU_STEPS
+
+    for method in ("protonet", "maml"):
+        cpu, gpu = TASKS[name].preset("cpu", method), TASKS[name].preset("gpu", method)
+        assert {k: v for k, v in gpu.items() if k != "steps"} == {
+            k: v for k, v in cpu.items() if k != "steps"}
+        assert gpu.get("steps") == (GPU_STEPS * cpu["steps"] if "steps" in cpu else None)
+
+
 def _same(a, b) -> bool:
     return all(torch.equal(getattr(a, f), getattr(b, f)) for f in
                ("support_x", "support_y", "query_x", "query_y"))
