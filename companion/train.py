@@ -52,23 +52,21 @@ processors with bfloat16 matrix units and would make CPU runs, the ones the test
 book's ``smoke``/``cpu`` profiles use, differ from full precision for no gain. Which learners
 autocast is :func:`amp_enabled`'s choice, from ``bench/amp_numerics.py``: it compares each
 method's meta-gradient in float32 and under bfloat16 autocast with float64, on an
-Omniglot-sized batch (Conv-4 of width 64, 28x28, 5-way 1-shot). On a CPU
-(``bench/results/amp_numerics.json``; a GPU's kernels may differ, ``bench/gpu_check.sh``
-measures them) bfloat16 moved the meta-gradient by 12-33% of its norm (cosine 0.94-0.99)
-for ProtoNet, MAML, first-order MAML, ANIL and SimCLR, while another batch of the same size
-moved it by 80-136%: the rounding is small against the sampling noise every step carries.
-Second-order MAML is no exception (18%, cosine 0.98), and its Hessian term alone (MAML's
-gradient minus first-order MAML's) moved by as much (18%), so it autocasts like the rest.
-Reptile moved most, by 57% (cosine 0.84, its direction turned by 33 degrees): its gradient
-``theta - mean(phi)`` is the small difference of two parameter sets after inner Adam steps.
-Reptile sets ``amp_safe = False``, the rule being a cosine below 0.9, and trains in float32
-whatever ``amp`` says.
+Omniglot-sized batch (Conv-4 of width 64, 28x28, 5-way 1-shot), beside the difference that
+another batch of the same size makes (``bench/results/amp_numerics.json`` for a CPU;
+``bench/gpu_check.sh`` measures a GPU's kernels). For ProtoNet, MAML, first-order MAML, ANIL
+and SimCLR the rounding is small against the sampling noise every step carries, and
+second-order MAML is no exception: its Hessian term alone (MAML's gradient minus first-order
+MAML's) moves no more than the whole. Reptile moves most, since its gradient
+``theta - mean(phi)`` is the small difference of two parameter sets after inner Adam steps:
+its cosine with the float64 gradient falls below 0.9, the rule's threshold, so Reptile sets
+``amp_safe = False`` and trains in float32 whatever ``amp`` says.
 
 **Memory layout, pinned copies, compilation.** ``channels_last=True`` stores the 4-d
 weights and every batch's images channels-innermost (NHWC), the layout of the GPU's
 tensor-core convolutions; the values are the same, only the kernels differ (in float64 the
-runs agree to rounding, ``tests/test_train.py``; in float32, batch norm's backward lifts the
-kernels' different rounding to about 1e-3 of a gradient). It works through MAML's
+runs agree to rounding, ``tests/test_train.py``; in float32, batch norm's backward (a difference of
+means) lifts the kernels' different rounding far above float32's epsilon). It works through MAML's
 ``functional_call``, ``torch.func.grad`` and ``vmap``. On CUDA every batch is copied to
 pinned host memory and sent with ``non_blocking=True`` (:func:`to_device`), before
 ``meta_loss`` augments it: the self-supervised learners' augmentations draw their random
@@ -572,4 +570,3 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
