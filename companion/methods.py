@@ -162,7 +162,7 @@ the default, and ResNet-12 (TADAM, Oreshkin et al., 2018; MetaOptNet, Lee et al.
 usual backbone on CIFAR-FS and miniImageNet. ``width`` is ResNet-12's first block; the
 blocks widen as 1 : 2.5 : 5 : 10, so width 64 gives MetaOptNet's 64-160-320-640."""
 FULL_BACKBONE = {"cifar_fs": "resnet12"}
-"""The ``full`` profile's backbone on a dataset whose papers train another than Conv-4:
+"""The ``full`` profile's backbone on a dataset whose papers train one other than Conv-4:
 ResNet-12 on CIFAR-FS, as MetaOptNet (Lee et al., 2019, sec. 4) does there."""
 
 
